@@ -1,0 +1,3 @@
+from kcron.cli import main
+
+main()

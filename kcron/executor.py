@@ -1,0 +1,250 @@
+"""Run one command line and report what happened. Knows nothing of Kafka.
+
+- Without ``shell``, the line is split with shlex rules and exec'd directly,
+  so quoting works as in a shell but no shell interprets it.
+- Each run gets its own session and process group, so a timeout (or a
+  shutdown) kills everything the job started, not just its first process.
+- stdin is /dev/null: a job that reads stdin gets EOF instead of hanging.
+- Output is passed on line by line as it arrives, but only ``max_output_bytes``
+  of it; the rest is read and counted, never stored, so a job printing
+  gigabytes cannot exhaust the worker's memory.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import selectors
+import shlex
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
+MAX_LINE_BYTES = 8192
+TAIL_BYTES = 4096
+KILL_GRACE_S = 3.0
+# After the job's own process exits, how long to keep reading output that a
+# leftover child still holds open before giving up on it.
+DRAIN_AFTER_EXIT_S = 1.0
+_READ_CHUNK = 65536
+
+LineSink = Callable[[str, str], None]  # (stream name, line without newline)
+
+
+class Outcome(enum.StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # ran and exited non-zero (or died of a signal)
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"  # killed because the worker shut down
+    NOT_FOUND = "not_found"
+    NOT_EXECUTABLE = "not_executable"
+    INVALID = "invalid"  # the command line itself cannot be parsed
+
+
+@dataclass(frozen=True)
+class ExecSpec:
+    command: str
+    shell: bool = False
+    timeout_s: float | None = None
+    env: Mapping[str, str] | None = None
+    cwd: str | None = None
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    outcome: Outcome
+    exit_code: int | None  # None when no process ran; negative: killed by that signal
+    duration_s: float
+    output_bytes: int  # everything the job wrote
+    output_truncated: bool  # more than max_output_bytes: the rest was counted, not logged
+    tail: bytes  # the last TAIL_BYTES of output, for error reports
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome is Outcome.SUCCEEDED
+
+
+def argv_for(spec: ExecSpec) -> list[str]:
+    if spec.shell:
+        return ["/bin/sh", "-c", spec.command]
+    return shlex.split(spec.command)
+
+
+class _Output:
+    """Splits chunks into lines, enforces the byte cap, keeps a short tail."""
+
+    def __init__(self, sink: LineSink, max_bytes: int) -> None:
+        self._sink = sink
+        self._budget = max_bytes
+        self._partial: dict[str, bytearray] = {}
+        self.total = 0
+        self.truncated = False
+        self.tail = bytearray()
+
+    def feed(self, stream: str, chunk: bytes) -> None:
+        self.total += len(chunk)
+        self.tail += chunk
+        del self.tail[:-TAIL_BYTES]
+        if self._budget <= 0:
+            self.truncated = True
+            return
+        if len(chunk) > self._budget:
+            chunk = chunk[: self._budget]
+            self.truncated = True
+        self._budget -= len(chunk)
+        buf = self._partial.setdefault(stream, bytearray())
+        buf += chunk
+        while True:
+            cut = buf.find(b"\n")
+            if cut < 0:
+                if len(buf) >= MAX_LINE_BYTES:
+                    cut = MAX_LINE_BYTES
+                    self._emit(stream, bytes(buf[:cut]))
+                    del buf[:cut]
+                    continue
+                break
+            self._emit(stream, bytes(buf[:cut]))
+            del buf[: cut + 1]
+        if self.truncated:
+            self.close(stream)
+
+    def close(self, stream: str) -> None:
+        buf = self._partial.pop(stream, None)
+        if buf:
+            self._emit(stream, bytes(buf))
+
+    def _emit(self, stream: str, line: bytes) -> None:
+        self._sink(stream, line.rstrip(b"\r").decode("utf-8", errors="replace"))
+
+
+def run(
+    spec: ExecSpec,
+    on_line: LineSink,
+    *,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    cancel: threading.Event | None = None,
+    kill_grace_s: float = KILL_GRACE_S,
+    clock: Callable[[], float] = time.monotonic,
+) -> ExecResult:
+    """Run ``spec`` to completion, timeout or cancellation. Never raises for job errors."""
+    started = clock()
+    output = _Output(on_line, max_output_bytes)
+
+    def result(outcome: Outcome, code: int | None, error: str | None = None) -> ExecResult:
+        return ExecResult(
+            outcome, code, clock() - started, output.total, output.truncated, bytes(output.tail), error
+        )
+
+    try:
+        argv = argv_for(spec)
+    except ValueError as exc:
+        return result(Outcome.INVALID, None, f"cannot parse command line: {exc}")
+    if not argv:
+        return result(Outcome.INVALID, None, "empty command line")
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=dict(spec.env) if spec.env is not None else None,
+            cwd=spec.cwd,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except FileNotFoundError:
+        return result(Outcome.NOT_FOUND, 127, f"command not found: {argv[0]}")
+    except PermissionError:
+        return result(Outcome.NOT_EXECUTABLE, 126, f"permission denied: {argv[0]}")
+    except OSError as exc:
+        return result(Outcome.NOT_EXECUTABLE, 126, f"cannot execute {argv[0]}: {exc.strerror}")
+
+    deadline = started + spec.timeout_s if spec.timeout_s else None
+    outcome: Outcome | None = None
+    exited_at: float | None = None
+    assert proc.stdout is not None and proc.stderr is not None
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ, "stdout")
+        sel.register(proc.stderr, selectors.EVENT_READ, "stderr")
+        while sel.get_map():
+            now = clock()
+            if deadline is not None and now >= deadline:
+                outcome = Outcome.TIMED_OUT
+                break
+            if cancel is not None and cancel.is_set():
+                outcome = Outcome.CANCELLED
+                break
+            if exited_at is None and proc.poll() is not None:
+                exited_at = now
+            if exited_at is not None and now - exited_at >= DRAIN_AFTER_EXIT_S:
+                break  # a leftover child keeps the pipe open; stop waiting for it
+            wait = 0.1 if deadline is None else max(0.0, min(0.1, deadline - now))
+            for key, _ in sel.select(wait):
+                chunk = os.read(key.fd, _READ_CHUNK)
+                if chunk:
+                    output.feed(key.data, chunk)
+                else:
+                    sel.unregister(key.fileobj)
+                    output.close(key.data)
+    for stream in ("stdout", "stderr"):
+        output.close(stream)
+
+    if outcome is not None:
+        _kill_group(proc, kill_grace_s)
+    code = proc.wait() if outcome is not None else _wait(proc, deadline, clock, kill_grace_s)
+    proc.stdout.close()
+    proc.stderr.close()
+    if outcome is Outcome.TIMED_OUT:
+        return result(outcome, code, f"timed out after {spec.timeout_s:g}s; process group killed")
+    if outcome is Outcome.CANCELLED:
+        return result(outcome, code, "cancelled by worker shutdown; process group killed")
+    if code is None:
+        return result(Outcome.TIMED_OUT, proc.wait(), f"timed out after {spec.timeout_s:g}s")
+    if code == 0:
+        return result(Outcome.SUCCEEDED, 0)
+    if code < 0:
+        return result(Outcome.FAILED, code, f"killed by signal {_signal_name(-code)}")
+    return result(Outcome.FAILED, code, f"exit code {code}")
+
+
+def _wait(
+    proc: subprocess.Popen[bytes],
+    deadline: float | None,
+    clock: Callable[[], float],
+    kill_grace_s: float,
+) -> int | None:
+    """Wait for a process whose output is closed; None if it hit the deadline."""
+    try:
+        return proc.wait(None if deadline is None else max(0.0, deadline - clock()))
+    except subprocess.TimeoutExpired:
+        _kill_group(proc, kill_grace_s)
+        return None
+
+
+def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM the run's process group, then SIGKILL whatever is left after the grace."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        # Children may outlive the leader; the group id stays valid while any member lives.
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return str(signum)

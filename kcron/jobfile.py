@@ -1,0 +1,341 @@
+"""Parse kcron job files.
+
+One job per line::
+
+    [key=value ...] <5 cron fields | @macro> <command line>
+
+Leading ``key=value`` tokens are per-job options. A cron field never
+contains ``=``, so a plain crontab line stays valid and new options can be
+added later without changing how old files read. Every invalid line is
+collected, so a user fixes a file in one pass instead of one error a time.
+
+Schedules are validated with python-crontab and then with croniter (which
+computes the run times), so a line is accepted only if both agree it has a
+future run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import crontab
+from croniter import croniter
+
+from kcron.errors import InputFileError, JobFileError, LineError
+
+MAX_LINE_CHARS = 8192
+MAX_FILE_BYTES = 64 * 1024 * 1024
+MAX_ATTEMPTS = 100
+REBOOT = "@reboot"
+
+# python-crontab's own macro table, minus @reboot: it would silently turn
+# @reboot into "every minute", so kcron handles @reboot itself.
+MACROS: dict[str, str] = {
+    f"@{name}": expr for name, expr in crontab.SPECIALS.items() if name != "reboot"
+}
+FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
+OPTION_KEYS = ("name", "timeout", "attempts", "queue", "shell", "tz")
+
+_OPTION_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)=(\S*)")
+_TOKEN_RE = re.compile(r"[^ \t]+")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+# A sixth token that looks like a cron field means the user wrote a 6- or
+# 7-field (seconds/years) schedule; running "*" as a command would be absurd.
+_FIELDISH_RE = re.compile(r"[0-9*?/,-]+")
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+_REFERENCE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One validated line of a job file."""
+
+    name: str
+    schedule: str  # as written: five fields or a macro
+    command: str  # exactly as written, passed to the executor verbatim
+    file: str
+    line: int
+    timeout: float | None = None  # seconds; None means no limit
+    attempts: int = 1
+    queue: str | None = None
+    shell: bool = False
+    tz: str | None = None  # None: the scheduler's default timezone
+
+    @property
+    def is_reboot(self) -> bool:
+        return self.schedule == REBOOT
+
+    @property
+    def cron_expression(self) -> str:
+        """The five-field form croniter evaluates (macros expanded)."""
+        return MACROS.get(self.schedule, self.schedule)
+
+    @property
+    def source(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    def options(self) -> dict[str, object]:
+        """The options that differ from the defaults, for display."""
+        shown: dict[str, object] = {}
+        if self.timeout is not None:
+            shown["timeout"] = format_duration(self.timeout)
+        if self.attempts != 1:
+            shown["attempts"] = self.attempts
+        if self.queue is not None:
+            shown["queue"] = self.queue
+        if self.shell:
+            shown["shell"] = "true"
+        if self.tz is not None:
+            shown["tz"] = self.tz
+        return shown
+
+
+@dataclass(frozen=True)
+class JobFile:
+    path: str
+    jobs: tuple[Job, ...] = field(default_factory=tuple)
+
+
+class _LineInvalid(Exception):
+    pass
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def parse_duration(text: str) -> float:
+    match = _DURATION_RE.fullmatch(text)
+    if not match:
+        raise ValueError("not a duration (examples: 30, 30s, 5m, 2h, 1d)")
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("must be greater than zero")
+    return seconds
+
+
+def load(path: str | Path, display_name: str | None = None) -> JobFile:
+    """Read and parse a job file; raise JobFileError listing every bad line."""
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_FILE_BYTES:
+            raise InputFileError(f"{p}: job file larger than {MAX_FILE_BYTES} bytes")
+        data = p.read_bytes()
+    except IsADirectoryError:
+        raise InputFileError(f"{p}: is a directory, not a job file") from None
+    except FileNotFoundError:
+        raise InputFileError(f"{p}: no such job file") from None
+    except PermissionError:
+        raise InputFileError(f"{p}: permission denied") from None
+    except OSError as exc:
+        raise InputFileError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    return parse(data, display_name or str(path))
+
+
+def parse(data: bytes | str, filename: str) -> JobFile:
+    """Parse job-file content. Pure: no I/O, no clock."""
+    raw = data.encode("utf-8", errors="surrogateescape") if isinstance(data, str) else data
+    stem = _name_stem(filename)
+    errors: list[LineError] = []
+    jobs: list[Job] = []
+    seen_names: dict[str, int] = {}
+
+    for lineno, raw_line in enumerate(raw.split(b"\n"), start=1):
+        try:
+            job = _parse_line(raw_line, filename, lineno, stem)
+        except _LineInvalid as exc:
+            errors.append(LineError(filename, lineno, str(exc)))
+            continue
+        if job is None:
+            continue
+        if job.name in seen_names:
+            first = seen_names[job.name]
+            hint = "" if b"name=" in raw_line else "; give one of them name=..."
+            errors.append(
+                LineError(
+                    filename, lineno, f"duplicate job name '{job.name}' (first on line {first}){hint}"
+                )
+            )
+            continue
+        jobs.append(job)
+        seen_names[job.name] = lineno
+
+    if errors:
+        raise JobFileError(errors)
+    return JobFile(filename, tuple(jobs))
+
+
+def _name_stem(filename: str) -> str:
+    stem = Path(filename).stem or "jobs"
+    stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_") or "jobs"
+    return stem[:60]
+
+
+def default_name(stem: str, schedule: str, command: str, occurrence: int = 1) -> str:
+    """A name derived from the line's content, not its position.
+
+    Inserting or moving lines keeps every job's name (and so its history in
+    logs and, later, its dispatch state); editing the schedule or command
+    makes it a new job, which it is.
+    """
+    digest = hashlib.sha256(f"{schedule}\0{command}".encode("utf-8", "surrogatepass"))
+    name = f"{stem}-{digest.hexdigest()[:8]}"
+    return name if occurrence == 1 else f"{name}-{occurrence}"
+
+
+def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job | None:
+    if raw_line.endswith(b"\r"):
+        raw_line = raw_line[:-1]
+    try:
+        text = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _LineInvalid(f"not valid UTF-8 (byte {exc.start + 1})") from None
+    if len(text) > MAX_LINE_CHARS:
+        raise _LineInvalid(f"line too long ({len(text)} characters, limit {MAX_LINE_CHARS})")
+    stripped = text.strip(" \t")
+    if not stripped or stripped.startswith("#"):
+        return None
+    for col, ch in enumerate(text, start=1):
+        if ch != "\t" and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co"):
+            raise _LineInvalid(f"control or invisible character U+{ord(ch):04X} at column {col}")
+
+    tokens = [(m.group(), m.start()) for m in _TOKEN_RE.finditer(text)]
+    options: dict[str, str] = {}
+    while tokens and (opt := _OPTION_RE.fullmatch(tokens[0][0])):
+        key, value = opt.group(1), opt.group(2)
+        if key not in OPTION_KEYS:
+            raise _LineInvalid(f"unknown option '{key}' (known: {', '.join(OPTION_KEYS)})")
+        if key in options:
+            raise _LineInvalid(f"option '{key}' given twice")
+        options[key] = value
+        tokens.pop(0)
+
+    if not tokens:
+        raise _LineInvalid("missing schedule and command")
+    first = tokens[0][0]
+    if first.startswith("@"):
+        schedule = first
+        if schedule != REBOOT and schedule not in MACROS:
+            known = ", ".join([*MACROS, REBOOT])
+            raise _LineInvalid(f"unknown macro '{schedule}' (known: {known})")
+        rest = tokens[1:]
+    else:
+        fields = [t for t, _ in tokens[:5]]
+        if len(fields) < 5:
+            raise _LineInvalid(
+                f"schedule needs 5 fields (minute hour day-of-month month day-of-week), "
+                f"got {len(fields)} and no command"
+            )
+        schedule = " ".join(fields)
+        rest = tokens[5:]
+        if rest and _FIELDISH_RE.fullmatch(rest[0][0]):
+            raise _LineInvalid(
+                f"'{rest[0][0]}' after 5 schedule fields looks like a 6th field: kcron uses "
+                "5-field cron (no seconds or years); put the command after the 5th field"
+            )
+    if not rest:
+        raise _LineInvalid(f"missing command after schedule '{schedule}'")
+    command = text[rest[0][1] :].rstrip(" \t")
+
+    if schedule != REBOOT:
+        _validate_schedule(MACROS.get(schedule, schedule), options.get("tz"))
+
+    parsed: dict[str, object] = {}
+    for key, value in options.items():
+        try:
+            parsed[key] = _OPTION_PARSERS[key](value)
+        except ValueError as exc:
+            raise _LineInvalid(f"option {key}={value}: {exc}") from None
+
+    return Job(
+        name=str(parsed.get("name") or default_name(stem, schedule, command)),
+        schedule=schedule,
+        command=command,
+        file=filename,
+        line=lineno,
+        timeout=parsed.get("timeout"),  # type: ignore[arg-type]
+        attempts=int(parsed.get("attempts", 1)),  # type: ignore[call-overload]
+        queue=parsed.get("queue"),  # type: ignore[arg-type]
+        shell=bool(parsed.get("shell", False)),
+        tz=parsed.get("tz"),  # type: ignore[arg-type]
+    )
+
+
+def _parse_name(text: str) -> str:
+    if not _NAME_RE.fullmatch(text):
+        raise ValueError("use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return text
+
+
+def _parse_attempts(text: str) -> int:
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_ATTEMPTS:
+        raise ValueError(f"must be a whole number from 1 to {MAX_ATTEMPTS}")
+    return int(text)
+
+
+def _parse_queue(text: str) -> str:
+    if not _TOPIC_RE.fullmatch(text) or text in (".", ".."):
+        raise ValueError("not a valid Kafka topic name (letters, digits, '.', '_', '-')")
+    return text
+
+
+def _parse_bool(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _parse_tz(text: str) -> str:
+    # The zone is checked against the schedule in _validate_schedule.
+    if not text:
+        raise ValueError("must name a time zone such as Europe/Paris")
+    return text
+
+
+_OPTION_PARSERS = {
+    "name": _parse_name,
+    "timeout": parse_duration,
+    "attempts": _parse_attempts,
+    "queue": _parse_queue,
+    "shell": _parse_bool,
+    "tz": _parse_tz,
+}
+
+
+def _validate_schedule(expr: str, tz: str | None) -> None:
+    fields = expr.split(" ")
+    for index, value in enumerate(fields):
+        if not value.isascii():
+            raise _LineInvalid(f"{FIELD_NAMES[index]} field '{value}': only ASCII is allowed")
+    try:
+        crontab.CronSlices(expr)
+    except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+        reason = str(exc.args[0]) if exc.args else type(exc).__name__
+        raise _LineInvalid(f"invalid schedule '{expr}': {reason}") from None
+    start = _REFERENCE_TIME
+    if tz is not None:
+        try:
+            start = start.astimezone(zoneinfo.ZoneInfo(tz))
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+            raise _LineInvalid(f"option tz: unknown time zone '{tz}'") from None
+    try:
+        croniter(expr, start).get_next(datetime)
+    except Exception as exc:  # croniter raises several unrelated types
+        if "failed to find next date" in str(exc):
+            raise _LineInvalid(f"schedule '{expr}' never fires (no such date)") from None
+        raise _LineInvalid(f"invalid schedule '{expr}': {exc}") from None

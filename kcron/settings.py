@@ -1,0 +1,89 @@
+"""The one settings object.
+
+Built once per process by the CLI: the defaults below, overridden by
+``KCRON_*`` environment variables, overridden by command-line flags (click
+resolves env vs. flag; ``from_values`` fills the rest from the defaults).
+Everything downstream receives it explicitly; nothing reads the environment
+on import.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import tzinfo
+from typing import Any
+
+from kcron.errors import ConfigError
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Kafka, common to every command
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "kcron.jobs"
+    kafka_options: tuple[tuple[str, str], ...] = ()  # extra librdkafka properties (-X k=v)
+    log_format: str = "text"
+    log_level: str = "INFO"
+    instance: str = ""  # tag on every log line; defaults to supervisord's process name or host:pid
+
+    # producer / backfill
+    partitions: int = 2
+    replication_factor: int = 1
+    timezone: str = "UTC"
+    watch_interval_s: float = 1.0
+
+    # consumer
+    group: str = "kcron"
+    concurrency: int = 1
+    grace_s: float = 30.0
+    max_output_bytes: int = 1024 * 1024
+    session_timeout_ms: int = 45000
+    # Real Kafka answers a fetch as soon as data arrives; this bounds the idle
+    # wait, so keep it short enough not to delay a run that lands while idle.
+    fetch_wait_max_ms: int = 100
+    metrics_port: int | None = None
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        if self.log_format not in LOG_FORMATS:
+            problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        if not self.bootstrap_servers.strip():
+            problems.append("bootstrap servers must not be empty")
+        if not self.topic.strip():
+            problems.append("topic must not be empty")
+        for name in ("partitions", "replication_factor", "concurrency", "max_output_bytes",
+                     "session_timeout_ms", "fetch_wait_max_ms"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name.replace('_', '-')} must be at least 1")
+        if self.grace_s < 0 or self.watch_interval_s <= 0:
+            problems.append("grace must be >= 0 and watch interval > 0")
+        try:
+            zoneinfo.ZoneInfo(self.timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            problems.append(f"unknown time zone '{self.timezone}'")
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    @property
+    def tz(self) -> tzinfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> Settings:
+        """Defaults, overridden by every value that is not None."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        given = {k: v for k, v in values.items() if k in known and v is not None}
+        if "log_level" in given:
+            given["log_level"] = str(given["log_level"]).upper()
+        return cls(**given)
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
