@@ -85,6 +85,11 @@ else
     log "dockerd is up after $((SECONDS - deadline + DOCKERD_WAIT_SECS))s"
 fi
 
+if docker network inspect bridge >/dev/null 2>&1; then
+    # e.g. a daemon started by systemd with Debian's defaults
+    log "WARNING: this docker daemon has a 'bridge' network (private-range" \
+        "addresses); kcron expects one started with --bridge=none"
+fi
 docker version --format 'client {{.Client.Version}} / server {{.Server.Version}}' >&2
 if command -v docker-compose >/dev/null 2>&1; then
     docker-compose version --short >&2 || true

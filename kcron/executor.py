@@ -194,17 +194,18 @@ def run(
     for stream in ("stdout", "stderr"):
         output.close(stream)
 
+    if outcome is None:
+        # Output is closed, but the job may still run (it redirected its output).
+        outcome = _wait(proc, deadline, cancel, clock)
     if outcome is not None:
         _kill_group(proc, kill_grace_s)
-    code = proc.wait() if outcome is not None else _wait(proc, deadline, clock, kill_grace_s)
+    code = proc.wait()
     proc.stdout.close()
     proc.stderr.close()
     if outcome is Outcome.TIMED_OUT:
         return result(outcome, code, f"timed out after {spec.timeout_s:g}s; process group killed")
     if outcome is Outcome.CANCELLED:
         return result(outcome, code, "cancelled by worker shutdown; process group killed")
-    if code is None:
-        return result(Outcome.TIMED_OUT, proc.wait(), f"timed out after {spec.timeout_s:g}s")
     if code == 0:
         return result(Outcome.SUCCEEDED, 0)
     if code < 0:
@@ -215,15 +216,22 @@ def run(
 def _wait(
     proc: subprocess.Popen[bytes],
     deadline: float | None,
+    cancel: threading.Event | None,
     clock: Callable[[], float],
-    kill_grace_s: float,
-) -> int | None:
-    """Wait for a process whose output is closed; None if it hit the deadline."""
-    try:
-        return proc.wait(None if deadline is None else max(0.0, deadline - clock()))
-    except subprocess.TimeoutExpired:
-        _kill_group(proc, kill_grace_s)
-        return None
+) -> Outcome | None:
+    """Wait for a process whose output is closed: None once it exited, else
+    TIMED_OUT or CANCELLED (the caller kills the group)."""
+    while True:
+        now = clock()
+        if deadline is not None and now >= deadline:
+            return Outcome.TIMED_OUT
+        if cancel is not None and cancel.is_set():
+            return Outcome.CANCELLED
+        try:
+            proc.wait(0.1 if deadline is None else max(0.0, min(0.1, deadline - now)))
+            return None
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:

@@ -17,6 +17,7 @@ future run.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import unicodedata
 import zoneinfo
@@ -124,6 +125,8 @@ def parse_duration(text: str) -> float:
     seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     if seconds <= 0:
         raise ValueError("must be greater than zero")
+    if not math.isfinite(seconds):
+        raise ValueError("too large")
     return seconds
 
 
@@ -147,7 +150,13 @@ def load(path: str | Path, display_name: str | None = None) -> JobFile:
 
 def parse(data: bytes | str, filename: str) -> JobFile:
     """Parse job-file content. Pure: no I/O, no clock."""
-    raw = data.encode("utf-8", errors="surrogateescape") if isinstance(data, str) else data
+    if isinstance(data, str):
+        try:
+            raw = data.encode("utf-8", errors="surrogateescape")
+        except UnicodeEncodeError:  # a surrogate that stands for no byte: reported per line
+            raw = data.encode("utf-8", errors="surrogatepass")
+    else:
+        raw = data
     stem = _name_stem(filename)
     errors: list[LineError] = []
     jobs: list[Job] = []
@@ -301,9 +310,13 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_tz(text: str) -> str:
-    # The zone is checked against the schedule in _validate_schedule.
+    # Checked here too, not only in _validate_schedule, which @reboot lines skip.
     if not text:
         raise ValueError("must name a time zone such as Europe/Paris")
+    try:
+        zoneinfo.ZoneInfo(text)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError("unknown time zone (examples: UTC, Europe/Paris)") from None
     return text
 
 

@@ -22,6 +22,8 @@ from kcron.errors import DecodeError
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 _RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
+# The schema's pattern: uuid.UUID alone also takes braces, "urn:uuid:", '_' and spaces.
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "v": int,
     "id": str,
@@ -41,7 +43,8 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with milliseconds, e.g. ``2026-11-28T20:05:00.000Z``."""
     if moment.tzinfo is None:
         raise ValueError("naive datetime")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    # isoformat pads the year to 4 digits (strftime's %Y does not on glibc).
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def parse_time(text: str) -> datetime:
@@ -123,6 +126,8 @@ def decode(raw: bytes | None) -> RunMessage:
 
 def _validated(data: dict[str, Any]) -> RunMessage:
     try:
+        if not _UUID_RE.fullmatch(data["id"]):
+            raise ValueError
         run_id = str(uuid.UUID(data["id"]))
     except ValueError:
         raise ValueError(f"field 'id': '{data['id'][:40]}' is not a UUID") from None
@@ -134,8 +139,13 @@ def _validated(data: dict[str, Any]) -> RunMessage:
     if not 1 <= attempt <= max_attempts:
         raise ValueError(f"attempt {attempt} outside 1..max_attempts ({max_attempts})")
     timeout = data["timeout_s"]
-    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
-        raise ValueError(f"field 'timeout_s' must be a positive number or null, got {timeout}")
+    if timeout is not None:
+        try:
+            timeout = float(timeout)
+        except OverflowError:  # an integer too large for a float
+            timeout = math.inf
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise ValueError(f"field 'timeout_s' must be a positive number or null, got {timeout}")
     try:
         scheduled_for = parse_time(data["scheduled_for"])
         produced_at = parse_time(data["produced_at"])
@@ -151,7 +161,7 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         shell=data["shell"],
         attempt=attempt,
         max_attempts=max_attempts,
-        timeout_s=float(timeout) if timeout is not None else None,
+        timeout_s=timeout,
     )
 
 

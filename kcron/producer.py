@@ -28,6 +28,7 @@ log = logging.getLogger("kcron.producer")
 FLUSH_TIMEOUT_S = 30.0
 # Upper bound on one sleep, so a wall-clock jump or a changed file is noticed soon.
 MAX_SLEEP_S = 1.0
+DELIVERY_POLL_S = 0.02
 
 Clock = Callable[[], datetime]
 
@@ -96,6 +97,11 @@ class Dispatcher:
 
     def poll(self, timeout: float = 0) -> None:
         self._producer.poll(timeout)
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged by the broker."""
+        return len(self._producer)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
         """Wait for outstanding deliveries; return how many are still undelivered."""
@@ -181,7 +187,8 @@ class ProducerService:
                         scheduler, jobs = reloaded
 
             next_due = scheduler.next_due()
-            sleep = MAX_SLEEP_S
+            # While sends are unacknowledged, wake often enough to report them.
+            sleep = DELIVERY_POLL_S if dispatcher.pending else MAX_SLEEP_S
             if next_due is not None:
                 sleep = min(sleep, max(0.0, (next_due - self._clock()).total_seconds()))
             if sleep > 0:

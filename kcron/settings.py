@@ -67,7 +67,7 @@ class Settings:
             problems.append("grace must be >= 0 and watch interval > 0")
         try:
             zoneinfo.ZoneInfo(self.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             problems.append(f"unknown time zone '{self.timezone}'")
         if problems:
             raise ConfigError("invalid settings: " + "; ".join(problems))

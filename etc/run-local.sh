@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# `make run`: the embedded broker (unless KCRON_BOOTSTRAP_SERVERS points at a
+# cluster) plus supervisord running 1 producer and KCRON_CONSUMERS consumers.
+# Ctrl-C stops supervisord's programs gracefully, then the broker.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+export PATH="$PWD/$VENV/bin:$PATH"
+export KCRON_RUN_DIR="${KCRON_RUN_DIR:-$PWD/run}"
+export KCRON_JOBS="${KCRON_JOBS:-$PWD/etc/jobs.cron}"
+export KCRON_PRODUCER="${KCRON_PRODUCER:-true}"
+export KCRON_CONSUMERS="${KCRON_CONSUMERS:-2}"
+mkdir -p "$KCRON_RUN_DIR"
+
+if [ -S "$KCRON_RUN_DIR/supervisor.sock" ] && supervisorctl -c etc/supervisord.conf pid >/dev/null 2>&1; then
+    echo "kcron is already running here (make status, make stop)" >&2
+    exit 1
+fi
+
+kcron check "$KCRON_JOBS" --count 1
+
+broker_pid=""
+if [ -z "${KCRON_BOOTSTRAP_SERVERS:-}" ]; then
+    port="${KCRON_BROKER_PORT:-9092}"
+    export KCRON_BOOTSTRAP_SERVERS="127.0.0.1:$port"
+    # Its own session, so Ctrl-C reaches supervisord (which stops the workers
+    # gracefully) but not the broker they still need while they commit.
+    setsid kcron broker --port "$port" >"$KCRON_RUN_DIR/broker.log" 2>&1 &
+    broker_pid=$!
+    for _ in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then break; fi
+        if ! kill -0 "$broker_pid" 2>/dev/null; then
+            echo "embedded broker failed to start:" >&2; cat "$KCRON_RUN_DIR/broker.log" >&2; exit 69
+        fi
+        sleep 0.1
+    done
+    echo "embedded broker (Kafka-compatible dev broker, memory storage) on $KCRON_BOOTSTRAP_SERVERS" >&2
+    # The dev broker makes the first group join wait session.timeout/2.
+    export KCRON_SESSION_TIMEOUT_MS="${KCRON_SESSION_TIMEOUT_MS:-6000}"
+fi
+
+stop_broker() {
+    if [ -n "$broker_pid" ]; then kill -TERM "$broker_pid" 2>/dev/null || true; wait "$broker_pid" 2>/dev/null || true; fi
+}
+trap stop_broker EXIT
+trap 'true' INT TERM  # let supervisord handle the signal; we clean up after it
+echo "starting 1 producer + $KCRON_CONSUMERS consumers on $KCRON_JOBS (Ctrl-C or 'make stop' to stop)" >&2
+supervisord -c etc/supervisord.conf &
+wait $! || wait $! || true

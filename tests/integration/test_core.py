@@ -1,0 +1,204 @@
+"""The core promise, against a real broker with real ``kcron`` processes."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from tests.conftest import Broker
+from tests.support import REPO, Kcron, backfill, kcron_env, read_lines
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Kcron]]:
+    started: list[Kcron] = []
+    yield started
+    for proc in started:
+        proc.stop(timeout=10)
+
+
+def start(
+    procs: list[Kcron], tmp_path: Path, broker: Broker, topic: str, group: str, *args: str,
+    name: str = "consume", **env: str,
+) -> Kcron:
+    log = tmp_path / f"{name}-{len(procs)}.log"
+    proc = Kcron(list(args) or ["consume"], kcron_env(broker.bootstrap, topic, group, **env), log)
+    procs.append(proc)
+    return proc
+
+
+def wait_until_group_stable(consumers: list[Kcron], partitions: int, timeout: float = 30) -> None:
+    """Every partition owned by exactly one of ``consumers``."""
+
+    def stable() -> bool:
+        owned = [p for c in consumers for p in c.assigned()]
+        return sorted(owned) == list(range(partitions))
+
+    consumers[0].wait_for(stable, timeout, "the group to settle")
+
+
+def test_two_consumers_share_60_runs_each_exactly_once(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    ran = tmp_path / "ran.txt"
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text(f"name=tick * * * * * sh -c 'echo $KCRON_RUN_ID >> {ran}'\n")
+    consumers = [start(procs, tmp_path, broker, topic, group) for _ in range(2)]
+    wait_until_group_stable(consumers, 2)
+
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z")
+
+    consumers[0].wait_for(lambda: len(read_lines(ran)) >= 60, 60, "60 runs")
+    time.sleep(1)  # anything beyond 60 would be a duplicate; give it a moment to show
+    ids = read_lines(ran)
+    assert len(ids) == 60
+    assert len(set(ids)) == 60, "a run executed twice"
+    per_consumer = [len(c.messages("run succeeded")) for c in consumers]
+    assert sum(per_consumer) == 60
+    assert all(n > 0 for n in per_consumer), f"a consumer did no work: {per_consumer}"
+    scheduled = {r["scheduled_for"] for c in consumers for r in c.messages("run started")}
+    assert len(scheduled) == 60, "each run keeps its true scheduled_for"
+    assert min(scheduled) == "2026-01-01T00:00:00.000Z"
+    assert max(scheduled) == "2026-01-01T00:59:00.000Z"
+
+
+def test_job_output_lines_are_logged_with_job_and_run_id(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("""name=greet * * * * * printf '%s|' "a b" c\n""")
+    consumer = start(procs, tmp_path, broker, topic, group)
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z")
+    consumer.wait_for(lambda: consumer.messages("run succeeded"), 30, "the run")
+    done = consumer.messages("run succeeded")[0]
+    output = [r for r in consumer.records() if r["logger"] == "kcron.job"]
+    assert [r["msg"] for r in output] == ["a b|c|"]
+    assert output[0]["job"] == "greet"
+    assert output[0]["run"] == done["run"]
+    assert done["exit_code"] == 0
+    assert "lateness_ms" in done and "duration_ms" in done
+
+
+def test_bad_message_is_skipped_and_the_next_run_still_executes(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("name=after-garbage * * * * * echo still alive\n")
+    # One partition, so the garbage is strictly before the good run.
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00:30Z", "2026-01-01T00:00:31Z",
+             partitions=1)  # a window with no run: only creates the topic
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for garbage in (b"not json at all", b'{"v": 1, "id": "x"}', b"\xff\xfe", b"[" * 50000):
+        producer.produce(topic, key=str(uuid.uuid4()), value=garbage)
+    producer.produce(topic, key=str(uuid.uuid4()), value=None)
+    assert producer.flush(10) == 0
+    del producer
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z",
+             partitions=1)
+
+    consumer = start(procs, tmp_path, broker, topic, group, KCRON_PARTITIONS="1")
+    consumer.wait_for(lambda: consumer.messages("run succeeded"), 30, "the good run")
+    skipped = consumer.messages("undecodable message skipped")
+    assert [r["offset"] for r in skipped] == [0, 1, 2, 3, 4]
+    assert all(r["partition"] == 0 and r["reason"] for r in skipped)
+    assert "not json at all" in skipped[0]["excerpt"]
+    assert consumer.proc.poll() is None, "the worker must stay up"
+    assert consumer.stop() == 0
+
+
+def test_sigterm_lets_the_running_job_finish_and_it_never_runs_again(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    ran = tmp_path / "ran.txt"
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text(f"name=slow * * * * * sh -c 'sleep 3; echo $KCRON_RUN_ID >> {ran}'\n")
+    marker = tmp_path / "marker.cron"
+    marker.write_text(f"name=marker * * * * * sh -c 'echo marker-$KCRON_RUN_ID >> {ran}'\n")
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00:00Z", "2026-01-01T00:01:00Z",
+             partitions=1)
+    first = start(procs, tmp_path, broker, topic, group, KCRON_PARTITIONS="1", KCRON_GRACE="20")
+    first.wait_for(lambda: first.messages("run started"), 30, "the slow run to start")
+    first.signal(signal.SIGTERM)
+    assert first.proc.wait(30) == 0, first.text()[-2000:]
+    assert len(read_lines(ran)) == 1, "the running job finished within the grace"
+    assert first.messages("run succeeded")
+
+    # The marker lands after the slow run on the only partition: if the slow
+    # run's offset had not been committed, the new worker would run it first.
+    backfill(broker.bootstrap, topic, marker, "2026-01-01T00:30:00Z", "2026-01-01T00:31:00Z",
+             partitions=1)
+    second = start(procs, tmp_path, broker, topic, group, KCRON_PARTITIONS="1")
+    second.wait_for(lambda: any(x.startswith("marker-") for x in read_lines(ran)), 30, "the marker")
+    lines = read_lines(ran)
+    assert len(lines) == 2, lines
+    assert [r["job"] for r in second.messages("run started")] == ["marker"]
+
+
+def test_producer_refuses_a_bad_job_file_and_lists_every_error(tmp_path: Path) -> None:
+    jobs = tmp_path / "bad.cron"
+    jobs.write_text("* * * * * echo ok\n61 * * * * echo\n* * * * *\nfoo=1 @daily x\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "kcron", "produce", "--jobs", str(jobs)],
+        env=kcron_env("127.0.0.1:1", "unused"), cwd=REPO, capture_output=True, text=True,
+        timeout=30,
+    )
+    assert result.returncode == 65
+    for line in (2, 3, 4):
+        assert f"{jobs}:{line}:" in result.stderr
+
+
+@pytest.mark.slow
+def test_produce_runs_an_every_minute_job_at_the_minute(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    ran = tmp_path / "ran.txt"
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text(
+        f"name=every-minute * * * * * sh -c 'echo $(date +%s.%N) $KCRON_SCHEDULED_FOR >> {ran}'\n"
+    )
+    consumer = start(procs, tmp_path, broker, topic, group)
+    producer = start(procs, tmp_path, broker, topic, group, "produce", "--jobs", str(jobs),
+                     name="produce")
+    wait_until_group_stable([consumer], 2)
+    consumer.wait_for(lambda: read_lines(ran), 75, "a run at the next minute")
+    started_s, scheduled_for = ran.read_text().split()[:2]
+    due = datetime.strptime(scheduled_for, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert due.second == 0 and due.microsecond == 0
+    lateness = float(started_s) - due.timestamp()
+    print(f"every-minute job started {lateness * 1000:.0f} ms after {scheduled_for}")
+    assert 0 <= lateness < 2.0
+    assert producer.messages("run dispatched")[0]["scheduled_for"] == scheduled_for
+    assert producer.stop() == 0
+    assert producer.messages("producer stopped")
+
+
+def test_producer_reload_keeps_last_good_jobs_on_a_bad_file(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("name=yearly @yearly echo once a year\n")
+    producer = start(procs, tmp_path, broker, topic, group, "produce", "--jobs", str(jobs),
+                     name="produce")
+    producer.wait_for(lambda: producer.messages("producer started"), 30, "start")
+    jobs.write_text("name=yearly @yearly echo once a year\n* * * * * * six fields\n")
+    producer.wait_for(lambda: producer.messages("reload failed; keeping the last good job set"),
+                      15, "the failed reload")
+    assert any(":2:" in r["msg"] for r in producer.records() if r["level"] == "ERROR")
+    jobs.write_text("name=yearly @yearly echo once a year\nname=daily @daily echo daily\n")
+    reloaded = producer.wait_for(lambda: producer.messages("job file reloaded"), 15, "the reload")
+    assert reloaded[-1]["jobs"] == 2 and reloaded[-1]["added"] == 1
+    producer.signal(signal.SIGHUP)
+    producer.wait_for(lambda: len(producer.messages("job file reloaded")) >= 2, 15, "SIGHUP reload")
+    assert producer.messages("job file reloaded")[-1]["reason"] == "SIGHUP"
+    assert producer.stop() == 0
