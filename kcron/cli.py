@@ -32,20 +32,40 @@ def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
 def common_options(func: F) -> F:
     """Options every Kafka-facing command shares."""
     decorators = [
-        _option("--bootstrap-servers", env="BOOTSTRAP_SERVERS", metavar="HOST:PORT[,...]",
-                help="Kafka bootstrap servers.  [default: 127.0.0.1:9092]"),
+        _option(
+            "--bootstrap-servers",
+            env="BOOTSTRAP_SERVERS",
+            metavar="HOST:PORT[,...]",
+            help="Kafka bootstrap servers.  [default: 127.0.0.1:9092]",
+        ),
         _option("--topic", env="TOPIC", help="Topic that carries runs.  [default: kcron.jobs]"),
-        _option("-X", "--kafka-option", "kafka_options", env="KAFKA_OPTIONS", multiple=True,
-                metavar="KEY=VALUE",
-                help="Extra librdkafka property, e.g. -X security.protocol=SASL_SSL. Repeatable; "
-                     "in the env var, separate with spaces."),
-        _option("--log-format", env="LOG_FORMAT", type=click.Choice(LOG_FORMATS),
-                help="Log as text lines or JSON objects.  [default: text]"),
-        _option("--log-level", env="LOG_LEVEL", type=click.Choice(LOG_LEVELS, case_sensitive=False),
-                help="Minimum level to log.  [default: INFO]"),
-        _option("--instance", env="INSTANCE",
-                help="Name on every log line.  [default: supervisord's process name, else "
-                     "COMMAND-PID]"),
+        _option(
+            "-X",
+            "--kafka-option",
+            "kafka_options",
+            env="KAFKA_OPTIONS",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Extra librdkafka property, e.g. -X security.protocol=SASL_SSL. Repeatable; "
+            "in the env var, separate with spaces.",
+        ),
+        _option(
+            "--log-format",
+            env="LOG_FORMAT",
+            type=click.Choice(LOG_FORMATS),
+            help="Log as text lines or JSON objects.  [default: text]",
+        ),
+        _option(
+            "--log-level",
+            env="LOG_LEVEL",
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            help="Minimum level to log.  [default: INFO]",
+        ),
+        _option(
+            "--instance",
+            env="INSTANCE",
+            help="Name on every log line.  [default: supervisord's process name, else COMMAND-PID]",
+        ),
     ]
     for decorate in reversed(decorators):
         func = decorate(func)
@@ -107,12 +127,30 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("jobs", type=click.Path(dir_okay=False, path_type=str), envvar="KCRON_JOBS")
-@_option("--count", env="CHECK_COUNT", type=click.IntRange(0, 100), default=3, show_default=True,
-         help="How many upcoming run times to show per job.")
-@_option("--timezone", env="TIMEZONE", default="UTC", show_default=True,
-         help="Zone the schedules are evaluated in (jobs may override with tz=).")
-@_option("--format", "output", env="CHECK_FORMAT", type=click.Choice(["text", "json"]),
-         default="text", show_default=True, help="Human-readable listing or JSON.")
+@_option(
+    "--count",
+    env="CHECK_COUNT",
+    type=click.IntRange(0, 100),
+    default=3,
+    show_default=True,
+    help="How many upcoming run times to show per job.",
+)
+@_option(
+    "--timezone",
+    env="TIMEZONE",
+    default="UTC",
+    show_default=True,
+    help="Zone the schedules are evaluated in (jobs may override with tz=).",
+)
+@_option(
+    "--format",
+    "output",
+    env="CHECK_FORMAT",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Human-readable listing or JSON.",
+)
 @handle_errors
 def check(jobs: str, count: int, timezone: str, output: str) -> None:
     """Validate a job file and show each job with its next run times.
@@ -123,13 +161,23 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     settings = Settings.from_values({"timezone": timezone})
     parsed = jobfile.load(jobs)
     now = datetime.now(UTC)
-    listing = []
+    listing: list[dict[str, Any]] = []
     for job in parsed.jobs:
-        upcoming = ["at producer start"] if job.is_reboot else [
-            format_time(t) for t in schedule.next_runs(job, now, count, settings.tz)
-        ]
-        listing.append({"name": job.name, "schedule": job.schedule, "command": job.command,
-                        "source": job.source, "options": job.options(), "next": upcoming})
+        upcoming = (
+            ["at producer start"]
+            if job.is_reboot
+            else [format_time(t) for t in schedule.next_runs(job, now, count, settings.tz)]
+        )
+        listing.append(
+            {
+                "name": job.name,
+                "schedule": job.schedule,
+                "command": job.command,
+                "source": job.source,
+                "options": job.options(),
+                "next": upcoming,
+            }
+        )
     if output == "json":
         click.echo(json.dumps({"file": jobs, "jobs": listing}, indent=2))
         return
@@ -147,12 +195,26 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
 
 
 @cli.command()
-@click.option("--jobs", envvar="KCRON_JOBS", show_envvar=True, required=True,
-              type=click.Path(dir_okay=False, path_type=str), help="The job file to schedule.")
-@_option("--partitions", env="PARTITIONS", type=click.IntRange(1),
-         help="Partitions when creating the topic.  [default: 2]")
-@_option("--replication-factor", env="REPLICATION_FACTOR", type=click.IntRange(1),
-         help="Replication factor when creating the topic.  [default: 1]")
+@click.option(
+    "--jobs",
+    envvar="KCRON_JOBS",
+    show_envvar=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="The job file to schedule.",
+)
+@_option(
+    "--partitions",
+    env="PARTITIONS",
+    type=click.IntRange(1),
+    help="Partitions when creating the topic.  [default: 2]",
+)
+@_option(
+    "--replication-factor",
+    env="REPLICATION_FACTOR",
+    type=click.IntRange(1),
+    help="Replication factor when creating the topic.  [default: 1]",
+)
 @_option("--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]")
 @common_options
 @handle_errors
@@ -170,16 +232,36 @@ def produce(jobs: str, **values: Any) -> None:
 
 
 @cli.command()
-@click.option("--jobs", envvar="KCRON_JOBS", show_envvar=True, required=True,
-              type=click.Path(dir_okay=False, path_type=str), help="The job file.")
-@click.option("--from", "start", required=True, metavar="TIME",
-              help="Window start, inclusive: ISO 8601 (naive = --timezone), now, now-1h, -30m.")
-@click.option("--to", "end", default="now", show_default=True, metavar="TIME",
-              help="Window end, exclusive.")
-@_option("--partitions", env="PARTITIONS", type=click.IntRange(1),
-         help="Partitions when creating the topic.  [default: 2]")
-@_option("--replication-factor", env="REPLICATION_FACTOR", type=click.IntRange(1),
-         help="Replication factor when creating the topic.  [default: 1]")
+@click.option(
+    "--jobs",
+    envvar="KCRON_JOBS",
+    show_envvar=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help="The job file.",
+)
+@click.option(
+    "--from",
+    "start",
+    required=True,
+    metavar="TIME",
+    help="Window start, inclusive: ISO 8601 (naive = --timezone), now, now-1h, -30m.",
+)
+@click.option(
+    "--to", "end", default="now", show_default=True, metavar="TIME", help="Window end, exclusive."
+)
+@_option(
+    "--partitions",
+    env="PARTITIONS",
+    type=click.IntRange(1),
+    help="Partitions when creating the topic.  [default: 2]",
+)
+@_option(
+    "--replication-factor",
+    env="REPLICATION_FACTOR",
+    type=click.IntRange(1),
+    help="Replication factor when creating the topic.  [default: 1]",
+)
 @_option("--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]")
 @click.option("--dry-run", is_flag=True, help="List the runs instead of producing them.")
 @common_options
@@ -195,7 +277,10 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     parsed = jobfile.load(jobs)
     now = datetime.now(UTC)
     try:
-        window = (producer.parse_when(start, now, settings.tz), producer.parse_when(end, now, settings.tz))
+        window = (
+            producer.parse_when(start, now, settings.tz),
+            producer.parse_when(end, now, settings.tz),
+        )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if window[1] <= window[0]:
@@ -207,28 +292,65 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
         click.echo(f"{len(runs)} runs (dry run, nothing produced)", err=True)
         return
     show = sys.stderr.isatty()
-    with click.progressbar(length=len(runs), label="backfilling", file=sys.stderr,
-                           hidden=not show) as bar:
+    with click.progressbar(
+        length=len(runs), label="backfilling", file=sys.stderr, hidden=not show
+    ) as bar:
         count = producer.backfill(settings, parsed.jobs, runs, progress=bar.update)
-    log.info("backfill done", extra=fields(runs=count, jobs=len(parsed.jobs), topic=settings.topic,
-                                            start=format_time(window[0]), end=format_time(window[1])))
+    log.info(
+        "backfill done",
+        extra=fields(
+            runs=count,
+            jobs=len(parsed.jobs),
+            topic=settings.topic,
+            start=format_time(window[0]),
+            end=format_time(window[1]),
+        ),
+    )
 
 
 @cli.command()
-@_option("--group", env="GROUP", help="Consumer group; workers in one group share the runs.  "
-         "[default: kcron]")
-@_option("--concurrency", env="CONCURRENCY", type=click.IntRange(1),
-         help="Runs executed at once by this worker.  [default: 1]")
-@_option("--grace", "grace_s", env="GRACE", type=click.FloatRange(0),
-         help="Seconds running jobs get to finish on SIGTERM or rebalance.  [default: 30]")
-@_option("--max-output-bytes", env="MAX_OUTPUT_BYTES", type=click.IntRange(1),
-         help="Output logged per run; the rest is counted, not kept.  [default: 1048576]")
-@_option("--session-timeout-ms", env="SESSION_TIMEOUT_MS", type=click.IntRange(1),
-         help="Group session timeout.  [default: 45000]")
-@_option("--fetch-wait-max-ms", env="FETCH_WAIT_MAX_MS", type=click.IntRange(1),
-         help="Longest idle fetch wait.  [default: 100]")
-@_option("--partitions", env="PARTITIONS", type=click.IntRange(1),
-         help="Partitions if this worker has to create the topic.  [default: 2]")
+@_option(
+    "--group",
+    env="GROUP",
+    help="Consumer group; workers in one group share the runs.  [default: kcron]",
+)
+@_option(
+    "--concurrency",
+    env="CONCURRENCY",
+    type=click.IntRange(1),
+    help="Runs executed at once by this worker.  [default: 1]",
+)
+@_option(
+    "--grace",
+    "grace_s",
+    env="GRACE",
+    type=click.FloatRange(0),
+    help="Seconds running jobs get to finish on SIGTERM or rebalance.  [default: 30]",
+)
+@_option(
+    "--max-output-bytes",
+    env="MAX_OUTPUT_BYTES",
+    type=click.IntRange(1),
+    help="Output logged per run; the rest is counted, not kept.  [default: 1048576]",
+)
+@_option(
+    "--session-timeout-ms",
+    env="SESSION_TIMEOUT_MS",
+    type=click.IntRange(1),
+    help="Group session timeout.  [default: 45000]",
+)
+@_option(
+    "--fetch-wait-max-ms",
+    env="FETCH_WAIT_MAX_MS",
+    type=click.IntRange(1),
+    help="Longest idle fetch wait.  [default: 100]",
+)
+@_option(
+    "--partitions",
+    env="PARTITIONS",
+    type=click.IntRange(1),
+    help="Partitions if this worker has to create the topic.  [default: 2]",
+)
 @common_options
 @handle_errors
 def consume(**values: Any) -> None:
@@ -244,10 +366,21 @@ def consume(**values: Any) -> None:
 
 
 @cli.command()
-@_option("--host", env="BROKER_HOST", default="127.0.0.1", show_default=True,
-         help="Address to listen on.")
-@_option("--port", env="BROKER_PORT", type=click.IntRange(1, 65535), default=9092,
-         show_default=True, help="Port to listen on.")
+@_option(
+    "--host",
+    env="BROKER_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on.",
+)
+@_option(
+    "--port",
+    env="BROKER_PORT",
+    type=click.IntRange(1, 65535),
+    default=9092,
+    show_default=True,
+    help="Port to listen on.",
+)
 @handle_errors
 def broker(host: str, port: int) -> None:
     """Run the embedded dev broker (Tansu, memory storage) in the foreground.
@@ -259,7 +392,9 @@ def broker(host: str, port: int) -> None:
 
     configure("text", "INFO", "broker")
     embedded = EmbeddedBroker(host, port).start()
-    click.echo(f"kcron: embedded broker listening on {embedded.bootstrap} (memory storage)", err=True)
+    click.echo(
+        f"kcron: embedded broker listening on {embedded.bootstrap} (memory storage)", err=True
+    )
     stop = {"now": False}
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -94,13 +94,19 @@ class Worker:
         consumer = Consumer(kafka.consumer_config(settings))
         self._consumer = consumer
         consumer.subscribe(
-            [settings.topic], on_assign=self._on_assign, on_revoke=self._on_revoke,
+            [settings.topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
         log.info(
             "worker started",
-            extra=fields(group=settings.group, topic=settings.topic,
-                         concurrency=settings.concurrency, pid=os.getpid()),
+            extra=fields(
+                group=settings.group,
+                topic=settings.topic,
+                concurrency=settings.concurrency,
+                pid=os.getpid(),
+            ),
         )
         # Prefetch a few runs beyond the running ones, so a finished slot refills
         # without a fetch round trip; queued runs are handed back on rebalance.
@@ -130,16 +136,22 @@ class Worker:
             if err.fatal():
                 raise KafkaException(err)
             return
-        key: PartitionKey = (msg.topic(), msg.partition())
-        offset = msg.offset()
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if topic is None or partition is None or offset is None:
+            return  # only error events lack these, and those returned above
+        key: PartitionKey = (topic, partition)
         self._tracker.taken(key, offset)
         try:
             run = decode(msg.value())
         except DecodeError as exc:
             log.error(
                 "undecodable message skipped",
-                extra=fields(partition=msg.partition(), offset=offset, reason=exc.reason,
-                             excerpt=exc.excerpt()),
+                extra=fields(
+                    partition=msg.partition(),
+                    offset=offset,
+                    reason=exc.reason,
+                    excerpt=exc.excerpt(),
+                ),
             )
             self._finish(key, offset)
             return
@@ -156,8 +168,14 @@ class Worker:
             ids = {"job": msg.job, "run": msg.id}
             log.info(
                 "run started",
-                extra=fields(**ids, attempt=msg.attempt, scheduled_for=format_time(msg.scheduled_for),
-                             lateness_ms=_ms(lateness), partition=key[1], offset=offset),
+                extra=fields(
+                    **ids,
+                    attempt=msg.attempt,
+                    scheduled_for=format_time(msg.scheduled_for),
+                    lateness_ms=_ms(lateness),
+                    partition=key[1],
+                    offset=offset,
+                ),
             )
 
             def on_line(stream: str, line: str) -> None:
@@ -165,18 +183,25 @@ class Worker:
                 job_log.log(level, line, extra=fields(**ids, stream=stream))
 
             spec = executor.ExecSpec(
-                command=msg.command, shell=msg.shell, timeout_s=msg.timeout_s,
+                command=msg.command,
+                shell=msg.shell,
+                timeout_s=msg.timeout_s,
                 env=run_environment(msg, os.environ),
             )
             result = executor.run(
                 spec, on_line, max_output_bytes=self._settings.max_output_bytes, cancel=self._cancel
             )
             summary = fields(
-                **ids, outcome=result.outcome.value, exit_code=result.exit_code,
-                duration_ms=_ms(result.duration_s), lateness_ms=_ms(lateness),
+                **ids,
+                outcome=result.outcome.value,
+                exit_code=result.exit_code,
+                duration_ms=_ms(result.duration_s),
+                lateness_ms=_ms(lateness),
                 output_bytes=result.output_bytes,
                 output_truncated=result.output_truncated or None,
-                error=result.error, partition=key[1], offset=offset,
+                error=result.error,
+                partition=key[1],
+                offset=offset,
             )
             if result.ok:
                 log.info("run succeeded", extra=summary)
@@ -221,8 +246,9 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned = {(tp.topic, tp.partition) for tp in partitions}
         self._paused = False
-        log.info("partitions assigned",
-                 extra=fields(partitions=sorted(p for _, p in self._assigned)))
+        log.info(
+            "partitions assigned", extra=fields(partitions=sorted(p for _, p in self._assigned))
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
@@ -237,8 +263,10 @@ class Worker:
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = {(tp.topic, tp.partition) for tp in partitions}
-        log.warning("partitions lost; their unfinished runs will be redelivered",
-                    extra=fields(partitions=sorted(p for _, p in keys)))
+        log.warning(
+            "partitions lost; their unfinished runs will be redelivered",
+            extra=fields(partitions=sorted(p for _, p in keys)),
+        )
         self._release(keys, wait_s=0)
         self._forget(keys)
 
@@ -282,8 +310,10 @@ class Worker:
             consumer.poll(0.05)  # keeps group membership alive while jobs finish
             self._drain_done()
         if self._futures:
-            log.warning("grace period over; killing running jobs, they will be redelivered",
-                        extra=fields(runs=len(self._futures)))
+            log.warning(
+                "grace period over; killing running jobs, they will be redelivered",
+                extra=fields(runs=len(self._futures)),
+            )
             self._cancel.set()
             while self._futures:
                 consumer.poll(0.05)

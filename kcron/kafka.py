@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from kcron.errors import BrokerError
 from kcron.log import fields
@@ -68,7 +68,9 @@ def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(_common(settings))
 
 
-def ensure_topic(settings: Settings, topic: str | None = None, partitions: int | None = None) -> int:
+def ensure_topic(
+    settings: Settings, topic: str | None = None, partitions: int | None = None
+) -> int:
     """Create ``topic`` if missing; return its partition count.
 
     An existing topic with another partition count is used as it is, with a
@@ -80,13 +82,21 @@ def ensure_topic(settings: Settings, topic: str | None = None, partitions: int |
     existing = _partition_count(admin, topic)
     if existing is None:
         future = admin.create_topics(
-            [NewTopic(topic, num_partitions=wanted, replication_factor=settings.replication_factor)],
+            [
+                NewTopic(
+                    topic, num_partitions=wanted, replication_factor=settings.replication_factor
+                )
+            ],
             request_timeout=ADMIN_TIMEOUT_S,
         )[topic]
         try:
             future.result(timeout=ADMIN_TIMEOUT_S)
-            log.info("created topic", extra=fields(topic=topic, partitions=wanted,
-                                                    replication_factor=settings.replication_factor))
+            log.info(
+                "created topic",
+                extra=fields(
+                    topic=topic, partitions=wanted, replication_factor=settings.replication_factor
+                ),
+            )
             return wanted
         except KafkaException as exc:
             err = exc.args[0]
@@ -111,9 +121,13 @@ def _partition_count(admin: AdminClient, topic: str) -> int | None:
     except KafkaException as exc:
         raise BrokerError(f"Kafka not reachable: {exc.args[0]}") from None
     info = metadata.topics.get(topic)
-    if info is None or info.error is not None and info.error.code() in (
-        KafkaError.UNKNOWN_TOPIC_OR_PART,
-        KafkaError._UNKNOWN_TOPIC,
+    if info is None or (
+        info.error is not None
+        and info.error.code()
+        in (
+            KafkaError.UNKNOWN_TOPIC_OR_PART,
+            KafkaError._UNKNOWN_TOPIC,
+        )
     ):
         return None
     if info.error is not None:

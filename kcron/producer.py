@@ -72,22 +72,33 @@ class Dispatcher:
                 self.failed += 1
                 log.error(
                     "delivery failed",
-                    extra=fields(job=msg.job, run=msg.id, topic=topic, error=str(err),
-                                 scheduled_for=format_time(msg.scheduled_for)),
+                    extra=fields(
+                        job=msg.job,
+                        run=msg.id,
+                        topic=topic,
+                        error=str(err),
+                        scheduled_for=format_time(msg.scheduled_for),
+                    ),
                 )
                 return
             self.delivered += 1
             if self._log_each:
                 log.info(
                     "run dispatched",
-                    extra=fields(job=msg.job, run=msg.id,
-                                 scheduled_for=format_time(msg.scheduled_for),
-                                 partition=record.partition(), offset=record.offset()),
+                    extra=fields(
+                        job=msg.job,
+                        run=msg.id,
+                        scheduled_for=format_time(msg.scheduled_for),
+                        partition=record.partition(),
+                        offset=record.offset(),
+                    ),
                 )
 
         while True:
             try:
-                self._producer.produce(topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery)
+                self._producer.produce(
+                    topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery
+                )
                 break
             except BufferError:
                 # Local queue full (broker slow or down): wait for deliveries, never drop.
@@ -159,8 +170,13 @@ class ProducerService:
         now = self._clock()
         log.info(
             "producer started",
-            extra=fields(jobs=len(jobs), file=str(self._path), topic=self._settings.topic,
-                         timezone=self._settings.timezone, pid=os.getpid()),
+            extra=fields(
+                jobs=len(jobs),
+                file=str(self._path),
+                topic=self._settings.topic,
+                timezone=self._settings.timezone,
+                pid=os.getpid(),
+            ),
         )
         for job in jobs:
             if job.is_reboot:
@@ -200,8 +216,10 @@ class ProducerService:
         if left:
             log.error("runs not delivered at shutdown", extra=fields(undelivered=left))
             raise BrokerError(f"{left} runs were not delivered to Kafka before shutdown")
-        log.info("producer stopped", extra=fields(delivered=dispatcher.delivered,
-                                                 failed=dispatcher.failed))
+        log.info(
+            "producer stopped",
+            extra=fields(delivered=dispatcher.delivered, failed=dispatcher.failed),
+        )
         return 0
 
     def _reloaded(
@@ -218,8 +236,10 @@ class ProducerService:
                 log.error(str(err))
             return None
         except KcronError as exc:
-            log.error("reload failed; keeping the last good job set",
-                      extra=fields(reason=reason, error=str(exc)))
+            log.error(
+                "reload failed; keeping the last good job set",
+                extra=fields(reason=reason, error=str(exc)),
+            )
             return None
         old_names = {j.name for j in old}
         new_names = {j.name for j in new}
@@ -228,8 +248,12 @@ class ProducerService:
         replacement = Scheduler(new, scheduler.cursor, self._settings.tz)
         log.info(
             "job file reloaded",
-            extra=fields(reason=reason, jobs=len(new), added=len(new_names - old_names),
-                         removed=len(old_names - new_names)),
+            extra=fields(
+                reason=reason,
+                jobs=len(new),
+                added=len(new_names - old_names),
+                removed=len(old_names - new_names),
+            ),
         )
         self._log_next(replacement)
         return replacement, new

@@ -59,8 +59,14 @@ class Settings:
             problems.append("bootstrap servers must not be empty")
         if not self.topic.strip():
             problems.append("topic must not be empty")
-        for name in ("partitions", "replication_factor", "concurrency", "max_output_bytes",
-                     "session_timeout_ms", "fetch_wait_max_ms"):
+        for name in (
+            "partitions",
+            "replication_factor",
+            "concurrency",
+            "max_output_bytes",
+            "session_timeout_ms",
+            "fetch_wait_max_ms",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.grace_s < 0 or self.watch_interval_s <= 0:

@@ -30,12 +30,14 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
     stack = contextlib.ExitStack()
     try:
         log_dir = os.environ.get("KCRON_TEST_LOG_DIR", "/tmp")
-        found = stack.enter_context(select_broker(
-            os.environ.get("KCRON_TEST_BOOTSTRAP"),
-            f"{log_dir}/kcron-test-broker-{os.getpid()}.log",
-            # KCRON_TEST_DOCKER=0 forces the embedded broker even where Docker answers.
-            use_docker=os.environ.get("KCRON_TEST_DOCKER", "1") != "0",
-        ))
+        found = stack.enter_context(
+            select_broker(
+                os.environ.get("KCRON_TEST_BOOTSTRAP"),
+                f"{log_dir}/kcron-test-broker-{os.getpid()}.log",
+                # KCRON_TEST_DOCKER=0 forces the embedded broker even where Docker answers.
+                use_docker=os.environ.get("KCRON_TEST_DOCKER", "1") != "0",
+            )
+        )
     except Exception as exc:  # no broker at all
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"no Kafka broker could be started in CI: {exc!r}")

@@ -9,10 +9,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,7 +57,9 @@ class Kcron:
                     f"{what}:\n{self.text()[-3000:]}"
                 )
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.text()[-3000:]}")
+        raise AssertionError(
+            f"timed out after {timeout}s waiting for {what}:\n{self.text()[-3000:]}"
+        )
 
     def assigned(self) -> list[int]:
         recs = self.messages("partitions assigned")
@@ -101,8 +102,23 @@ def backfill(
 ) -> subprocess.CompletedProcess[str]:
     env = kcron_env(bootstrap, topic, KCRON_PARTITIONS=str(partitions))
     result = subprocess.run(
-        [sys.executable, "-m", "kcron", "backfill", "--jobs", str(jobs), "--from", start, "--to", end],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "kcron",
+            "backfill",
+            "--jobs",
+            str(jobs),
+            "--from",
+            start,
+            "--to",
+            end,
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
