@@ -234,3 +234,59 @@ def test_producer_reload_keeps_last_good_jobs_on_a_bad_file(
     producer.wait_for(lambda: len(producer.messages("job file reloaded")) >= 2, 15, "SIGHUP reload")
     assert producer.messages("job file reloaded")[-1]["reason"] == "SIGHUP"
     assert producer.stop() == 0
+
+
+def test_concurrency_runs_jobs_side_by_side_in_one_worker(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("name=nap * * * * * sleep 1.5\n")
+    worker = start(
+        procs, tmp_path, broker, topic, group, KCRON_CONCURRENCY="3", KCRON_PARTITIONS="1"
+    )
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00Z", "2026-01-01T00:03Z", partitions=1)
+    worker.wait_for(lambda: len(worker.messages("run succeeded")) == 3, 30, "three runs")
+    stamps = sorted(
+        datetime.strptime(r["ts"], "%Y-%m-%dT%H:%M:%S.%fZ") for r in worker.messages("run started")
+    )
+    # One at a time would take 4.5 s; side by side they all start within a moment.
+    assert (stamps[-1] - stamps[0]).total_seconds() < 1.0
+
+
+def test_a_job_longer_than_max_poll_interval_does_not_leave_the_group(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    ran = tmp_path / "ran.txt"
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text(f"name=long * * * * * sh -c 'sleep 9; echo $KCRON_RUN_ID >> {ran}'\n")
+    worker = start(
+        procs, tmp_path, broker, topic, group,
+        "consume", "-X", "max.poll.interval.ms=6000", KCRON_PARTITIONS="1",
+    )  # fmt: skip
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00Z", "2026-01-01T00:01Z", partitions=1)
+    worker.wait_for(lambda: worker.messages("run succeeded"), 40, "the long run")
+    assert worker.messages("partitions revoked") == []
+    assert worker.messages("partitions lost; their unfinished runs will be redelivered") == []
+    assert len(read_lines(ran)) == 1
+
+
+def test_reboot_jobs_run_once_at_producer_start_and_topic_mismatch_only_warns(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("name=boot @reboot echo booted\nname=never @yearly echo yearly\n")
+    # The topic exists with 1 partition; the producer is configured for 3.
+    backfill(broker.bootstrap, topic, jobs, "2026-06-01T00:00Z", "2026-06-01T00:01Z", partitions=1)
+    producer = start(
+        procs, tmp_path, broker, topic, group, "produce", "--jobs", str(jobs), "--partitions", "3",
+        name="produce",
+    )  # fmt: skip
+    dispatched = producer.wait_for(lambda: producer.messages("run dispatched"), 30, "@reboot run")
+    assert [r["job"] for r in dispatched] == ["boot"]
+    warning = producer.messages(
+        "topic has a different partition count than configured; using it as it is"
+    )
+    assert warning and warning[0]["partitions"] == 1 and warning[0]["configured"] == 3
+    time.sleep(1)
+    assert len(producer.messages("run dispatched")) == 1, "@reboot must not repeat"
+    assert producer.stop() == 0
