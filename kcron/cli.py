@@ -72,6 +72,20 @@ def common_options(func: F) -> F:
     return func
 
 
+def metrics_options(func: F) -> F:
+    func = _option(
+        "--metrics-addr",
+        env="METRICS_ADDR",
+        help="Address for --metrics-port (0.0.0.0 in a container).  [default: 127.0.0.1]",
+    )(func)
+    return _option(
+        "--metrics-port",
+        env="METRICS_PORT",
+        type=click.IntRange(1, 65535),
+        help="Serve Prometheus metrics on this port.  [default: off]",
+    )(func)
+
+
 def _parse_kafka_options(values: tuple[str, ...] | None) -> tuple[tuple[str, str], ...] | None:
     if not values:
         return None
@@ -216,6 +230,7 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     help="Replication factor when creating the topic.  [default: 1]",
 )
 @_option("--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]")
+@metrics_options
 @common_options
 @handle_errors
 def produce(jobs: str, **values: Any) -> None:
@@ -351,6 +366,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     type=click.IntRange(1),
     help="Partitions if this worker has to create the topic.  [default: 2]",
 )
+@metrics_options
 @common_options
 @handle_errors
 def consume(**values: Any) -> None:

@@ -28,6 +28,7 @@ from kcron import executor, kafka
 from kcron.errors import DecodeError
 from kcron.log import fields
 from kcron.message import RunMessage, decode, format_time
+from kcron.metrics import Metrics
 from kcron.offsets import OffsetTracker
 from kcron.settings import Settings
 
@@ -75,6 +76,7 @@ class Worker:
         self._paused = False
         self._assigned: set[PartitionKey] = set()
         self._consumer: Consumer | None = None
+        self._metrics = Metrics()
         self.executed = 0
 
     # -- signals: only set flags -------------------------------------------
@@ -89,6 +91,8 @@ class Worker:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
         settings = self._settings
+        if settings.metrics_port:
+            self._metrics.serve(settings.metrics_port, settings.metrics_addr)
         kafka.wait_for_broker(settings)
         kafka.ensure_topic(settings)
         consumer = Consumer(kafka.consumer_config(settings))
@@ -144,6 +148,7 @@ class Worker:
         try:
             run = decode(msg.value())
         except DecodeError as exc:
+            self._metrics.undecodable.inc()
             log.error(
                 "undecodable message skipped",
                 extra=fields(
@@ -188,9 +193,19 @@ class Worker:
                 timeout_s=msg.timeout_s,
                 env=run_environment(msg, os.environ),
             )
-            result = executor.run(
-                spec, on_line, max_output_bytes=self._settings.max_output_bytes, cancel=self._cancel
-            )
+            self._metrics.running.inc()
+            try:
+                result = executor.run(
+                    spec,
+                    on_line,
+                    max_output_bytes=self._settings.max_output_bytes,
+                    cancel=self._cancel,
+                )
+            finally:
+                self._metrics.running.dec()
+            self._metrics.runs.labels(msg.job, result.outcome.value).inc()
+            self._metrics.lateness.observe(max(0.0, lateness))
+            self._metrics.duration.observe(result.duration_s)
             summary = fields(
                 **ids,
                 outcome=result.outcome.value,

@@ -20,6 +20,7 @@ from kcron.errors import BrokerError, JobFileError, KcronError
 from kcron.jobfile import Job
 from kcron.log import fields
 from kcron.message import RunMessage, format_time, new_run_id
+from kcron.metrics import Metrics
 from kcron.schedule import Run, Scheduler
 from kcron.settings import Settings
 
@@ -56,8 +57,11 @@ def build_message(run: Run, produced_at: datetime) -> RunMessage:
 class Dispatcher:
     """Writes run messages to Kafka and reports each delivery."""
 
-    def __init__(self, settings: Settings, log_each: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, log_each: bool = True, metrics: Metrics | None = None
+    ) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._producer = Producer(kafka.producer_config(settings))
         self._log_each = log_each
         self.delivered = 0
@@ -70,6 +74,8 @@ class Dispatcher:
         def on_delivery(err: KafkaError | None, record: Message) -> None:
             if err is not None:
                 self.failed += 1
+                if self._metrics:
+                    self._metrics.delivery_failures.labels(msg.job).inc()
                 log.error(
                     "delivery failed",
                     extra=fields(
@@ -82,6 +88,8 @@ class Dispatcher:
                 )
                 return
             self.delivered += 1
+            if self._metrics:
+                self._metrics.dispatched.labels(msg.job).inc()
             if self._log_each:
                 log.info(
                     "run dispatched",
@@ -165,7 +173,10 @@ class ProducerService:
         signal.signal(signal.SIGHUP, self._on_hup)
         kafka.wait_for_broker(self._settings)
         kafka.ensure_topic(self._settings)
-        dispatcher = Dispatcher(self._settings)
+        metrics = Metrics()
+        if self._settings.metrics_port:
+            metrics.serve(self._settings.metrics_port, self._settings.metrics_addr)
+        dispatcher = Dispatcher(self._settings, metrics=metrics)
         stamp = _FileStamp.of(self._path)
         now = self._clock()
         log.info(

@@ -47,7 +47,8 @@ class Settings:
     # Real Kafka answers a fetch as soon as data arrives; this bounds the idle
     # wait, so keep it short enough not to delay a run that lands while idle.
     fetch_wait_max_ms: int = 100
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # serve Prometheus metrics here when set
+    metrics_addr: str = "127.0.0.1"
 
     def __post_init__(self) -> None:
         problems: list[str] = []

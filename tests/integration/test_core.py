@@ -290,3 +290,25 @@ def test_reboot_jobs_run_once_at_producer_start_and_topic_mismatch_only_warns(
     time.sleep(1)
     assert len(producer.messages("run dispatched")) == 1, "@reboot must not repeat"
     assert producer.stop() == 0
+
+
+def test_worker_metrics_count_runs_by_outcome(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    from urllib.request import urlopen
+
+    from kcron.broker import free_port
+
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("name=ok * * * * * true\nname=bad * * * * * false\n")
+    port = free_port()
+    worker = start(procs, tmp_path, broker, topic, group, KCRON_METRICS_PORT=str(port))
+    backfill(broker.bootstrap, topic, jobs, "2026-01-01T00:00Z", "2026-01-01T00:02Z")
+    worker.wait_for(
+        lambda: len(worker.messages("run succeeded")) + len(worker.messages("run failed")) == 4,
+        30, "four runs",
+    )  # fmt: skip
+    body = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert 'kcron_runs_total{job="ok",outcome="succeeded"} 2.0' in body
+    assert 'kcron_runs_total{job="bad",outcome="failed"} 2.0' in body
+    assert "kcron_run_lateness_seconds_count 4.0" in body
