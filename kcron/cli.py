@@ -230,6 +230,14 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     help="Replication factor when creating the topic.  [default: 1]",
 )
 @_option("--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]")
+@_option(
+    "--dispatch-ahead",
+    "dispatch_ahead_s",
+    env="DISPATCH_AHEAD",
+    type=click.FloatRange(0, 30),
+    help="Send runs this many seconds early; workers hold them until they are due, so "
+    "broker latency does not delay the start. 0 sends at the due time.  [default: 1]",
+)
 @metrics_options
 @common_options
 @handle_errors
@@ -300,6 +308,12 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
         raise click.BadParameter(str(exc)) from None
     if window[1] <= window[0]:
         raise click.BadParameter("--to must be later than --from")
+    if window[1] > now and not dry_run:
+        # Future runs are the producer's: backfilling them too would run them twice.
+        raise click.BadParameter(
+            "--to is in the future; backfill produces runs that are already due "
+            "(use --dry-run to preview a future window)"
+        )
     runs = schedule.runs_between(parsed.jobs, window[0], window[1], settings.tz)
     if dry_run:
         for run in runs:
@@ -426,6 +440,8 @@ def broker(host: str, port: int) -> None:
     if code not in (None, 0) and not stop["now"]:
         click.echo(f"kcron: error: embedded broker exited with code {code}", err=True)
         sys.exit(ExitCode.UNAVAILABLE)
+
+
 
 
 def main() -> None:

@@ -10,6 +10,8 @@ enough runs queued and resumes when slots free up.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import os
 import queue
@@ -18,8 +20,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -44,6 +46,23 @@ class _Done:
     partition: PartitionKey
     offset: int
     result: executor.ExecResult | None  # None: the run was cancelled before it started
+
+
+@dataclass(order=True)
+class _Held:
+    """A run that arrived before its scheduled time (the producer dispatches ahead)."""
+
+    start_at: datetime
+    seq: int
+    run: RunMessage = field(compare=False)
+    partition: PartitionKey = field(compare=False)
+    offset: int = field(compare=False)
+
+
+# A run scheduled further ahead than this is started at once with a warning:
+# holding it longer would stall its partition's commits behind it, and it most
+# likely means the producer's and this worker's clocks disagree.
+MAX_HOLD = timedelta(seconds=60)
 
 
 def run_environment(msg: RunMessage, base: Mapping[str, str]) -> dict[str, str]:
@@ -72,6 +91,8 @@ class Worker:
         self._done: queue.SimpleQueue[_Done] = queue.SimpleQueue()
         self._tracker = OffsetTracker()
         self._futures: dict[tuple[PartitionKey, int], Future[None]] = {}
+        self._held: list[_Held] = []  # heap: runs waiting for their scheduled time
+        self._seq = itertools.count()
         self._pool = ThreadPoolExecutor(settings.concurrency, thread_name_prefix="run")
         self._paused = False
         self._assigned: set[PartitionKey] = set()
@@ -118,9 +139,10 @@ class Worker:
         try:
             while not self._stop:
                 self._drain_done()
-                queued = len(self._futures)
+                self._start_held()
+                queued = len(self._futures) + len(self._held)
                 self._flow_control(queued >= max_queued)
-                msg = consumer.poll(0.05 if queued else 0.25)
+                msg = consumer.poll(self._poll_timeout())
                 if msg is not None:
                     self._handle(msg)
             self._shutdown()
@@ -160,8 +182,35 @@ class Worker:
             )
             self._finish(key, offset)
             return
-        future = self._pool.submit(self._execute, run, key, offset)
-        self._futures[(key, offset)] = future
+        now = self._clock()
+        if run.scheduled_for > now + MAX_HOLD:
+            log.warning(
+                "run scheduled far ahead of this worker's clock; starting it now "
+                "(check clock sync between producer and workers)",
+                extra=fields(job=run.job, run=run.id, scheduled_for=format_time(run.scheduled_for)),
+            )
+        elif run.scheduled_for > now:
+            heapq.heappush(self._held, _Held(run.scheduled_for, next(self._seq), run, key, offset))
+            return
+        self._submit(run, key, offset)
+
+    def _submit(self, run: RunMessage, key: PartitionKey, offset: int) -> None:
+        self._futures[(key, offset)] = self._pool.submit(self._execute, run, key, offset)
+
+    def _start_held(self) -> None:
+        """Start held runs whose time has come; never sleeps."""
+        now = self._clock()
+        while self._held and self._held[0].start_at <= now:
+            held = heapq.heappop(self._held)
+            self._submit(held.run, held.partition, held.offset)
+
+    def _poll_timeout(self) -> float:
+        """Poll long when idle, briefly while runs finish, and wake on time for a held run."""
+        timeout = 0.05 if self._futures else 0.25
+        if self._held:
+            until = (self._held[0].start_at - self._clock()).total_seconds()
+            timeout = min(timeout, max(0.0, until))
+        return timeout
 
     def _execute(self, msg: RunMessage, key: PartitionKey, offset: int) -> None:
         result: executor.ExecResult | None = None
@@ -287,6 +336,8 @@ class Worker:
 
     def _release(self, keys: set[PartitionKey], wait_s: float) -> None:
         """Hand back queued runs of ``keys``; give running ones ``wait_s`` to finish."""
+        self._held = [h for h in self._held if h.partition not in keys]
+        heapq.heapify(self._held)
         for (key, _offset), future in list(self._futures.items()):
             if key in keys and future.cancel():
                 self._futures.pop((key, _offset), None)
@@ -313,6 +364,7 @@ class Worker:
         """Stop taking runs, let running ones finish within the grace, commit."""
         consumer = self._consumer
         assert consumer is not None
+        self._held.clear()  # not started: left uncommitted, so redelivered
         for (key, offset), future in list(self._futures.items()):
             if future.cancel():
                 self._futures.pop((key, offset), None)

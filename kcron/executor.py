@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import selectors
@@ -137,7 +138,13 @@ def run(
 
     def result(outcome: Outcome, code: int | None, error: str | None = None) -> ExecResult:
         return ExecResult(
-            outcome, code, clock() - started, output.total, output.truncated, bytes(output.tail), error
+            outcome,
+            code,
+            clock() - started,
+            output.total,
+            output.truncated,
+            bytes(output.tail),
+            error,
         )
 
     try:
@@ -240,15 +247,11 @@ def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
     except ProcessLookupError:
         return
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace_s)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        # Children may outlive the leader; the group id stays valid while any member lives.
+    # Children may outlive the leader; the group id stays valid while any member lives.
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _signal_name(signum: int) -> str:

@@ -175,7 +175,9 @@ def parse(data: bytes | str, filename: str) -> JobFile:
             hint = "" if b"name=" in raw_line else "; give one of them name=..."
             errors.append(
                 LineError(
-                    filename, lineno, f"duplicate job name '{job.name}' (first on line {first}){hint}"
+                    filename,
+                    lineno,
+                    f"duplicate job name '{job.name}' (first on line {first}){hint}",
                 )
             )
             continue
@@ -285,7 +287,9 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
 
 def _parse_name(text: str) -> str:
     if not _NAME_RE.fullmatch(text):
-        raise ValueError("use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        raise ValueError(
+            "use 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
     return text
 
 

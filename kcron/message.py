@@ -23,7 +23,9 @@ SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
 _RFC3339_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,6})?Z")
 # The schema's pattern: uuid.UUID alone also takes braces, "urn:uuid:", '_' and spaces.
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}"
+)
 _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "v": int,
     "id": str,
@@ -95,7 +97,9 @@ def decode(raw: bytes | None) -> RunMessage:
     if raw is None:
         raise DecodeError("empty message (no value)", b"")
     if len(raw) > MAX_MESSAGE_BYTES:
-        raise DecodeError(f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit", raw)
+        raise DecodeError(
+            f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit", raw
+        )
     try:
         data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as exc:
@@ -109,7 +113,9 @@ def decode(raw: bytes | None) -> RunMessage:
     if type(version) is not int:
         raise DecodeError("missing or non-integer schema version 'v'", raw)
     if version != SCHEMA_VERSION:
-        raise DecodeError(f"unsupported schema version {version} (this worker reads {SCHEMA_VERSION})", raw)
+        raise DecodeError(
+            f"unsupported schema version {version} (this worker reads {SCHEMA_VERSION})", raw
+        )
     for key, expected in _REQUIRED.items():
         if key not in data:
             raise DecodeError(f"missing field '{key}'", raw)
@@ -166,6 +172,13 @@ def _validated(data: dict[str, Any]) -> RunMessage:
 
 
 def _json_type(value: object) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-             dict: "object", type(None): "null"}
+    names = {
+        bool: "boolean",
+        int: "integer",
+        float: "number",
+        str: "string",
+        list: "array",
+        dict: "object",
+        type(None): "null",
+    }
     return names.get(type(value), type(value).__name__)

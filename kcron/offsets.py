@@ -26,8 +26,11 @@ class PartitionOffsets:
             return None
         self._pending[offset] = True
         moved = None
-        for first, done in list(self._pending.items()):
-            if not done:
+        # Only the finished prefix is walked, so a hung run does not make every
+        # later finish rescan the runs queued behind it.
+        while self._pending:
+            first = next(iter(self._pending))
+            if not self._pending[first]:
                 break
             del self._pending[first]
             moved = first + 1

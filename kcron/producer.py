@@ -196,9 +196,10 @@ class ProducerService:
         self._log_next(scheduler)
         last_check = time.monotonic()
 
+        ahead = timedelta(seconds=self._settings.dispatch_ahead_s)
         while not self._stop:
             now = self._clock()
-            for run in scheduler.pop_due(now):
+            for run in scheduler.pop_due(now + ahead):
                 dispatcher.send(run, now)
             dispatcher.poll(0)
 
@@ -217,7 +218,8 @@ class ProducerService:
             # While sends are unacknowledged, wake often enough to report them.
             sleep = DELIVERY_POLL_S if dispatcher.pending else MAX_SLEEP_S
             if next_due is not None:
-                sleep = min(sleep, max(0.0, (next_due - self._clock()).total_seconds()))
+                wake_at = next_due - ahead
+                sleep = min(sleep, max(0.0, (wake_at - self._clock()).total_seconds()))
             if sleep > 0:
                 self._wake.wait(sleep)
                 self._wake.clear()

@@ -37,6 +37,9 @@ class Settings:
     replication_factor: int = 1
     timezone: str = "UTC"
     watch_interval_s: float = 1.0
+    # Send each run this long before it is due; the worker holds it until
+    # scheduled_for, so Kafka's latency is not added to the start time.
+    dispatch_ahead_s: float = 1.0
 
     # consumer
     group: str = "kcron"
@@ -72,6 +75,8 @@ class Settings:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.grace_s < 0 or self.watch_interval_s <= 0:
             problems.append("grace must be >= 0 and watch interval > 0")
+        if not 0 <= self.dispatch_ahead_s <= 30:
+            problems.append("dispatch-ahead must be between 0 and 30 seconds")
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):

@@ -176,3 +176,19 @@ def test_help_names_the_env_var_of_each_option(runner: CliRunner) -> None:
         "KCRON_LOG_LEVEL",
     ):
         assert var in result.stdout
+
+
+def test_backfill_refuses_future_runs_that_belong_to_the_producer(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "* * * * * echo x\n")
+    result = runner.invoke(
+        cli, ["backfill", "--jobs", str(path), "--from", "now-1h", "--to", "now+1h"]
+    )
+    assert result.exit_code == ExitCode.USAGE
+    assert "in the future" in result.stderr
+    preview = runner.invoke(
+        cli, ["backfill", "--jobs", str(path), "--from", "now", "--to", "now+10m", "--dry-run"]
+    )
+    assert preview.exit_code == 0
+    assert len(preview.stdout.splitlines()) == 10

@@ -114,8 +114,9 @@ def test_no_shell_by_default():
 
 
 def test_shell_true_runs_pipes_and_expansions():
-    result, sink, _ = run("echo a-$FOO | tr a b; echo done", shell=True,
-                          env={**PATH_ONLY, "FOO": "x y"})
+    result, sink, _ = run(
+        "echo a-$FOO | tr a b; echo done", shell=True, env={**PATH_ONLY, "FOO": "x y"}
+    )
     assert result.ok
     assert sink.out == ["b-x y", "done"]
 
@@ -235,8 +236,9 @@ def test_empty_command_is_invalid(command):
 # -- exit status -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("command", "code"), [("false", 1), ("sh -c 'exit 3'", 3),
-                                               ("sh -c 'exit 255'", 255)])
+@pytest.mark.parametrize(
+    ("command", "code"), [("false", 1), ("sh -c 'exit 3'", 3), ("sh -c 'exit 255'", 255)]
+)
 def test_non_zero_exit_is_failed_with_the_code(command, code):
     result, _, _ = run(command)
     assert result.outcome is Outcome.FAILED
@@ -264,8 +266,9 @@ def test_duration_is_measured():
 def test_timeout_kills_the_whole_process_group(tmp_path: Path):
     pid_file = tmp_path / "child.pid"
     with reaped(pid_file):
-        result, _, elapsed = run(f"sh -c 'sleep 30 & echo $! > {pid_file}; sleep 30'",
-                                 timeout_s=0.5)
+        result, _, elapsed = run(
+            f"sh -c 'sleep 30 & echo $! > {pid_file}; sleep 30'", timeout_s=0.5
+        )
         assert result.outcome is Outcome.TIMED_OUT
         assert result.error == "timed out after 0.5s; process group killed"
         assert 0.5 <= elapsed < 1.5
@@ -274,8 +277,7 @@ def test_timeout_kills_the_whole_process_group(tmp_path: Path):
 
 
 def test_timeout_escalates_to_sigkill_after_the_grace():
-    result, _, elapsed = run("sh -c 'trap \"\" TERM; sleep 30'", timeout_s=0.3,
-                             kill_grace_s=0.2)
+    result, _, elapsed = run("sh -c 'trap \"\" TERM; sleep 30'", timeout_s=0.3, kill_grace_s=0.2)
     assert result.outcome is Outcome.TIMED_OUT
     assert result.exit_code == -signal.SIGKILL
     assert elapsed < 1.5
@@ -305,8 +307,7 @@ def test_cancel_kills_a_running_job(tmp_path: Path):
     timer = threading.Timer(0.2, cancel.set)
     timer.start()
     with reaped(pid_file):
-        result, _, elapsed = run(f"sh -c 'sleep 30 & echo $! > {pid_file}; wait'",
-                                 cancel=cancel)
+        result, _, elapsed = run(f"sh -c 'sleep 30 & echo $! > {pid_file}; wait'", cancel=cancel)
         timer.join()
         assert result.outcome is Outcome.CANCELLED
         assert result.error == "cancelled by worker shutdown; process group killed"
@@ -384,8 +385,7 @@ def test_output_cap_with_many_short_lines():
 
 
 def test_tail_shows_the_end_even_when_output_was_truncated():
-    result, _, _ = run("head -c 2000000 /dev/zero; echo THE-END", shell=True,
-                       max_output_bytes=100)
+    result, _, _ = run("head -c 2000000 /dev/zero; echo THE-END", shell=True, max_output_bytes=100)
     assert result.output_truncated
     assert result.tail.endswith(b"THE-END\n")
     assert len(result.tail) == TAIL_BYTES
@@ -401,8 +401,11 @@ def test_output_under_the_cap_is_not_truncated():
 def test_long_line_without_newline_is_split_at_max_line_bytes():
     result, sink, _ = run("head -c 20000 /dev/zero | tr '\\0' x", shell=True)
     assert result.ok
-    assert [len(line) for line in sink.out] == [MAX_LINE_BYTES, MAX_LINE_BYTES,
-                                                 20000 - 2 * MAX_LINE_BYTES]
+    assert [len(line) for line in sink.out] == [
+        MAX_LINE_BYTES,
+        MAX_LINE_BYTES,
+        20000 - 2 * MAX_LINE_BYTES,
+    ]
     assert set("".join(sink.out)) == {"x"}
 
 
