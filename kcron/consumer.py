@@ -27,7 +27,7 @@ from types import FrameType
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from kcron import executor, kafka
-from kcron.errors import DecodeError
+from kcron.errors import BrokerError, DecodeError
 from kcron.log import fields
 from kcron.message import RunMessage, decode, format_time
 from kcron.metrics import Metrics
@@ -160,7 +160,7 @@ class Worker:
             level = logging.ERROR if err.fatal() else logging.WARNING
             log.log(level, "kafka error", extra=fields(error=str(err)))
             if err.fatal():
-                raise KafkaException(err)
+                raise BrokerError(f"fatal Kafka error, worker cannot continue: {err}")
             return
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if topic is None or partition is None or offset is None:
