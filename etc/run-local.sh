@@ -45,5 +45,9 @@ stop_broker() {
 trap stop_broker EXIT
 trap 'true' INT TERM  # let supervisord handle the signal; we clean up after it
 echo "starting 1 producer + $KCRON_CONSUMERS consumers on $KCRON_JOBS (Ctrl-C or 'make stop' to stop)" >&2
-supervisord -c etc/supervisord.conf &
+# As root (CI, dev containers), say so explicitly: it is what we mean, and it
+# spares the "Supervisor is running as root" CRIT line at every start.
+user_opt=()
+if [ "$(id -u)" -eq 0 ]; then user_opt=(--user root); fi
+supervisord -c etc/supervisord.conf "${user_opt[@]}" &
 wait $! || wait $! || true
