@@ -10,13 +10,15 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import click
 
-from kcron import __version__, jobfile, schedule
+from kcron import __version__, jobfile, misfire, schedule
+from kcron.deadletter import build_dlq_group
 from kcron.errors import ExitCode, JobFileError, KcronError
+from kcron.experiment import experiment_group
 from kcron.log import configure, fields
 from kcron.message import format_time
 from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
@@ -238,6 +240,36 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     help="Send runs this many seconds early; workers hold them until they are due, so "
     "broker latency does not delay the start. 0 sends at the due time.  [default: 1]",
 )
+@_option(
+    "--session-timeout-ms",
+    env="SESSION_TIMEOUT_MS",
+    type=click.IntRange(1),
+    help="Session of the producers' election group: how long a crashed active producer "
+    "holds its role before a standby takes over.  [default: 45000]",
+)
+@_option(
+    "--producer-id",
+    env="PRODUCER_ID",
+    help="Identity of this job set: producers with the same id elect one active producer "
+    "and fence any other; its dispatch state is kept under this id.  [default: the job "
+    "file's name]",
+)
+@_option(
+    "--misfire",
+    env="MISFIRE",
+    type=click.Choice([p.value for p in misfire.Policy]),
+    default=misfire.Policy.ONCE.value,
+    show_default=True,
+    help="Ticks missed while no producer ran: skip them, run the latest once, or run all.",
+)
+@_option(
+    "--misfire-grace",
+    env="MISFIRE_GRACE",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="Ticks missed by longer than this are skipped (and logged).",
+)
 @metrics_options
 @common_options
 @handle_errors
@@ -250,8 +282,18 @@ def produce(jobs: str, **values: Any) -> None:
     """
     from kcron.producer import ProducerService
 
+    producer_id = values.pop("producer_id")
+    policy = misfire.Policy(values.pop("misfire"))
+    grace_text = values.pop("misfire_grace")
+    try:
+        grace = timedelta(seconds=jobfile.parse_duration(grace_text))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--misfire-grace") from None
     settings = build_settings("produce", values)
-    sys.exit(ProducerService(settings, jobs).run())
+    service = ProducerService(
+        settings, jobs, producer_id=producer_id, misfire_policy=policy, misfire_grace=grace
+    )
+    sys.exit(service.run())
 
 
 @cli.command()
@@ -380,6 +422,21 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     type=click.IntRange(1),
     help="Partitions if this worker has to create the topic.  [default: 2]",
 )
+@_option(
+    "--retry-base",
+    "retry_base_s",
+    env="RETRY_BASE",
+    type=click.FloatRange(0, min_open=True),
+    help="Backoff before the 2nd attempt of a failed run, in seconds; it doubles for each "
+    "further attempt (half of it jittered).  [default: 10]",
+)
+@_option(
+    "--retry-cap",
+    "retry_cap_s",
+    env="RETRY_CAP",
+    type=click.FloatRange(0, min_open=True),
+    help="Longest backoff between attempts, in seconds.  [default: 300]",
+)
 @metrics_options
 @common_options
 @handle_errors
@@ -442,6 +499,8 @@ def broker(host: str, port: int) -> None:
         sys.exit(ExitCode.UNAVAILABLE)
 
 
+cli.add_command(experiment_group)
+cli.add_command(build_dlq_group())
 
 
 def main() -> None:

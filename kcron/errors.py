@@ -18,6 +18,7 @@ class ExitCode(enum.IntEnum):
     JOBFILE = 65  # EX_DATAERR: the job file has errors
     NO_INPUT = 66  # EX_NOINPUT: a file could not be read
     UNAVAILABLE = 69  # EX_UNAVAILABLE: broker or embedded broker not reachable
+    TEMPFAIL = 75  # EX_TEMPFAIL: fenced by a newer producer; safe to restart as a standby
     CONFIG = 78  # EX_CONFIG: invalid settings
 
 
@@ -35,8 +36,26 @@ class BrokerError(KcronError):
     exit_code = ExitCode.UNAVAILABLE
 
 
+class FencedError(KcronError):
+    """A newer producer with the same producer id took over; this one must stop."""
+
+    exit_code = ExitCode.TEMPFAIL
+
+
 class InputFileError(KcronError):
     exit_code = ExitCode.NO_INPUT
+
+
+class DeadLetterNotFound(KcronError):
+    """``kcron dlq requeue`` was given an id the dead-letter topic does not hold."""
+
+    exit_code = ExitCode.NO_INPUT
+
+
+class NothingToRequeue(KcronError):
+    """The dead letter holds no run (an undecodable message): there is nothing to send back."""
+
+    exit_code = ExitCode.JOBFILE  # 65, EX_DATAERR: the input data is bad
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@
   so quoting works as in a shell but no shell interprets it.
 - Each run gets its own session and process group, so a timeout (or a
   shutdown) kills everything the job started, not just its first process.
+- A job may exit and leave children behind (``daemon &``). The run ends when
+  the job's own process does, but with a timeout the leftovers are watched and
+  their group killed when the timeout expires: nothing a run started outlives
+  the run's timeout. Without a timeout they are left alone, as cron does.
 - stdin is /dev/null: a job that reads stdin gets EOF instead of hanging.
 - Output is passed on line by line as it arrives, but only ``max_output_bytes``
   of it; the rest is read and counted, never stored, so a job printing
@@ -31,6 +35,8 @@ KILL_GRACE_S = 3.0
 # After the job's own process exits, how long to keep reading output that a
 # leftover child still holds open before giving up on it.
 DRAIN_AFTER_EXIT_S = 1.0
+# How often a watcher checks whether a finished job's leftover processes are gone.
+LEFTOVER_POLL_S = 0.2
 _READ_CHUNK = 65536
 
 LineSink = Callable[[str, str], None]  # (stream name, line without newline)
@@ -64,6 +70,8 @@ class ExecResult:
     output_truncated: bool  # more than max_output_bytes: the rest was counted, not logged
     tail: bytes  # the last TAIL_BYTES of output, for error reports
     error: str | None = None
+    # The job exited but left processes in its group; they are killed at its timeout.
+    leftover: bool = False
 
     @property
     def ok(self) -> bool:
@@ -136,7 +144,9 @@ def run(
     started = clock()
     output = _Output(on_line, max_output_bytes)
 
-    def result(outcome: Outcome, code: int | None, error: str | None = None) -> ExecResult:
+    def result(
+        outcome: Outcome, code: int | None, error: str | None = None, leftover: bool = False
+    ) -> ExecResult:
         return ExecResult(
             outcome,
             code,
@@ -145,6 +155,7 @@ def run(
             output.truncated,
             bytes(output.tail),
             error,
+            leftover,
         )
 
     try:
@@ -209,15 +220,23 @@ def run(
     code = proc.wait()
     proc.stdout.close()
     proc.stderr.close()
+    leftover = False
+    if outcome is None and deadline is not None and _group_alive(proc.pid):
+        # The leader is reaped; its group id stays reserved while any member
+        # lives, so killing that group later cannot hit an unrelated process.
+        leftover = True
+        _watch_leftovers(proc.pid, deadline, cancel, kill_grace_s, clock)
     if outcome is Outcome.TIMED_OUT:
         return result(outcome, code, f"timed out after {spec.timeout_s:g}s; process group killed")
     if outcome is Outcome.CANCELLED:
         return result(outcome, code, "cancelled by worker shutdown; process group killed")
     if code == 0:
-        return result(Outcome.SUCCEEDED, 0)
+        return result(Outcome.SUCCEEDED, 0, leftover=leftover)
     if code < 0:
-        return result(Outcome.FAILED, code, f"killed by signal {_signal_name(-code)}")
-    return result(Outcome.FAILED, code, f"exit code {code}")
+        return result(
+            Outcome.FAILED, code, f"killed by signal {_signal_name(-code)}", leftover=leftover
+        )
+    return result(Outcome.FAILED, code, f"exit code {code}", leftover=leftover)
 
 
 def _wait(
@@ -252,6 +271,76 @@ def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
     # Children may outlive the leader; the group id stays valid while any member lives.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process that still runs is left in group ``pgid``."""
+    try:
+        os.killpg(pgid, 0)  # signal 0 only checks
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False  # not ours to kill any more (a member changed its user)
+    return _live_member(pgid)
+
+
+def _live_member(pgid: int) -> bool:
+    """Whether ``pgid`` has a member that is not a zombie.
+
+    Orphaned leftovers are reparented to PID 1, and a PID 1 that does not
+    reap (a bare container entrypoint) leaves them as zombies, which still
+    count for killpg. Where /proc cannot tell, assume a live member.
+    """
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return True
+    for name in entries:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as fh:
+                stat = fh.read()
+        except OSError:
+            continue  # exited meanwhile, or not ours to read
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
+            return True
+    return False
+
+
+def _watch_leftovers(
+    pgid: int,
+    deadline: float,
+    cancel: threading.Event | None,
+    grace_s: float,
+    clock: Callable[[], float],
+) -> None:
+    """Kill what is left of a finished job's group at its timeout, in the background.
+
+    The run's result is already known, so the worker's slot is free at once;
+    only this daemon thread waits (and ends as soon as the group is empty).
+    """
+
+    def watch() -> None:
+        while _group_alive(pgid):
+            if clock() >= deadline or (cancel is not None and cancel.is_set()):
+                _kill_pgid(pgid, grace_s, clock)
+                return
+            time.sleep(LEFTOVER_POLL_S)
+
+    threading.Thread(target=watch, name=f"leftovers-{pgid}", daemon=True).start()
+
+
+def _kill_pgid(pgid: int, grace_s: float, clock: Callable[[], float]) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGTERM)
+    until = clock() + grace_s
+    while _group_alive(pgid) and clock() < until:
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def _signal_name(signum: int) -> str:

@@ -157,7 +157,7 @@ def parse(data: bytes | str, filename: str) -> JobFile:
             raw = data.encode("utf-8", errors="surrogatepass")
     else:
         raw = data
-    stem = _name_stem(filename)
+    stem = name_stem(filename)
     errors: list[LineError] = []
     jobs: list[Job] = []
     seen_names: dict[str, int] = {}
@@ -189,7 +189,7 @@ def parse(data: bytes | str, filename: str) -> JobFile:
     return JobFile(filename, tuple(jobs))
 
 
-def _name_stem(filename: str) -> str:
+def name_stem(filename: str) -> str:
     stem = Path(filename).stem or "jobs"
     stem = re.sub(r"[^A-Za-z0-9._-]", "-", stem).strip(".-_") or "jobs"
     return stem[:60]

@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    NewPartitions,
+    NewTopic,
+)
 
 from kcron.errors import BrokerError
 from kcron.log import fields
+from kcron.retry import dlq_topic, retry_topic
 from kcron.settings import Settings
 
 log = logging.getLogger("kcron.kafka")
@@ -21,6 +28,9 @@ def _common(settings: Settings) -> dict[str, Any]:
     conf: dict[str, Any] = {
         "bootstrap.servers": settings.bootstrap_servers,
         "client.id": f"kcron-{settings.instance}" if settings.instance else "kcron",
+        # librdkafka's own lines through kcron's logging: same format, tagged
+        # with the process, filtered by --log-level.
+        "logger": logging.getLogger("kcron.librdkafka"),
     }
     conf.update(dict(settings.kafka_options))
     return conf
@@ -41,12 +51,89 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def transactional_producer_config(settings: Settings, transactional_id: str) -> dict[str, Any]:
+    """Runs and the dispatch state are written in one transaction per tick.
+
+    A newer producer with the same ``transactional_id`` fences this one:
+    its next transaction fails, so two producers never both dispatch.
+    """
+    conf = producer_config(settings)
+    conf.update({"transactional.id": transactional_id, "transaction.timeout.ms": 60000})
+    conf.update(dict(settings.kafka_options))
+    return conf
+
+
+def elector_config(settings: Settings, group: str) -> dict[str, Any]:
+    """A consumer used only for its group membership: the member that owns
+    the single state partition is the active producer, the others stand by."""
+    conf = _common(settings)
+    conf.update(
+        {
+            "group.id": group,
+            # Incremental rebalancing: a standby joining the group does not take
+            # the active producer's partition away, even for a moment.
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "latest",
+            "session.timeout.ms": settings.session_timeout_ms,
+            "heartbeat.interval.ms": max(100, settings.session_timeout_ms // 10),
+            # The producer loop polls at least every second; a loop stuck for this
+            # long gives the role up to a standby. It also bounds how long a join
+            # can hang on a broker that drops it.
+            "max.poll.interval.ms": max(30000, settings.session_timeout_ms),
+            "fetch.wait.max.ms": 500,
+        }
+    )
+    conf.update(dict(settings.kafka_options))
+    return conf
+
+
+def state_reader_config(settings: Settings) -> dict[str, Any]:
+    conf = _common(settings)
+    conf.update(
+        {
+            # No group is joined (the reader assigns partitions itself); librdkafka
+            # still wants an id, and nothing is ever committed under it.
+            "group.id": "kcron-state-reader",
+            "enable.auto.commit": False,
+            # Only what committed transactions wrote is dispatch state.
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+        }
+    )
+    conf.update(dict(settings.kafka_options))
+    return conf
+
+
+def worker_producer_config(settings: Settings) -> dict[str, Any]:
+    """The worker's own producer, for retries and dead letters.
+
+    Idempotent and acks=all like the scheduler's, but never transactional: a
+    worker confirms each record by its delivery report before it commits the
+    offset of the run it replaces (at-least-once, see kcron/consumer.py).
+    """
+    conf = _common(settings)
+    conf.update(
+        {
+            "enable.idempotence": True,
+            "acks": "all",
+            # A retry's backoff starts when the run failed; do not add a batching delay.
+            "linger.ms": 0,
+        }
+    )
+    conf.update(dict(settings.kafka_options))
+    return conf
+
+
 def consumer_config(settings: Settings) -> dict[str, Any]:
     conf = _common(settings)
     conf.update(
         {
             "group.id": settings.group,
             "auto.offset.reset": "earliest",
+            # The scheduler writes in transactions: never run a run from an
+            # aborted one. (librdkafka's default, stated because it matters.)
+            "isolation.level": "read_committed",
             # At-least-once: offsets are stored only after a run finished (and
             # only the contiguous finished prefix), then committed in the background.
             "enable.auto.commit": True,
@@ -64,12 +151,36 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def reader_config(settings: Settings) -> dict[str, Any]:
+    """A consumer that only reads with assign(): no group membership, no commits.
+
+    librdkafka insists on a group.id; a unique one that never joins or commits
+    leaves no trace on the broker.
+    """
+    conf = _common(settings)
+    conf.update(
+        {
+            "group.id": f"kcron-reader-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed",
+            "fetch.wait.max.ms": settings.fetch_wait_max_ms,
+        }
+    )
+    conf.update(dict(settings.kafka_options))
+    return conf
+
+
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient(_common(settings))
 
 
 def ensure_topic(
-    settings: Settings, topic: str | None = None, partitions: int | None = None
+    settings: Settings,
+    topic: str | None = None,
+    partitions: int | None = None,
+    config: dict[str, str] | None = None,
 ) -> int:
     """Create ``topic`` if missing; return its partition count.
 
@@ -84,7 +195,10 @@ def ensure_topic(
         future = admin.create_topics(
             [
                 NewTopic(
-                    topic, num_partitions=wanted, replication_factor=settings.replication_factor
+                    topic,
+                    num_partitions=wanted,
+                    replication_factor=settings.replication_factor,
+                    config=config or {},
                 )
             ],
             request_timeout=ADMIN_TIMEOUT_S,
@@ -111,6 +225,57 @@ def ensure_topic(
             extra=fields(topic=topic, partitions=existing, configured=wanted),
         )
     return existing
+
+
+def ensure_worker_topics(settings: Settings) -> None:
+    """The main topic, its retry topic (as many partitions) and its dead-letter topic."""
+    partitions = ensure_topic(settings)
+    # Same count as the main topic, so the range assignor gives a worker the
+    # retry partitions that match its main ones.
+    ensure_topic(settings, retry_topic(settings.topic), partitions)
+    # One partition: dead letters are few, and one log keeps them in order.
+    ensure_topic(settings, dlq_topic(settings.topic), 1)
+
+
+def topic_partitions(settings: Settings, topic: str) -> int | None:
+    """The partition count of ``topic``, or None if it does not exist."""
+    return _partition_count(admin_client(settings), topic)
+
+
+class UnsupportedByBroker(BrokerError):
+    """The broker does not implement a request kcron asked for (e.g. CreatePartitions)."""
+
+
+_UNSUPPORTED_CODES = (KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION)
+
+
+def add_partitions(settings: Settings, topic: str, total: int) -> None:
+    """Grow ``topic`` to ``total`` partitions and wait until its metadata shows them.
+
+    Kafka never shrinks a topic, and growing it moves key placement: from now
+    on a key may hash to another partition than before. Raises
+    UnsupportedByBroker when the broker has no CreatePartitions (KIP-195).
+    """
+    admin = admin_client(settings)
+    future = admin.create_partitions(
+        [NewPartitions(topic, total)], request_timeout=ADMIN_TIMEOUT_S
+    )[topic]
+    err: KafkaError | None = None
+    try:
+        future.result(timeout=ADMIN_TIMEOUT_S)
+    except KafkaException as exc:
+        err = exc.args[0]
+    # Raised outside the except block: no traceback cycle keeps the admin client alive.
+    if err is not None:
+        if err.code() in _UNSUPPORTED_CODES:
+            raise UnsupportedByBroker(f"the broker has no CreatePartitions ({err.str()})")
+        raise BrokerError(f"cannot grow topic {topic} to {total} partitions: {err}")
+    deadline = time.monotonic() + ADMIN_TIMEOUT_S
+    while (_partition_count(admin, topic) or 0) < total:
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topic {topic} does not show {total} partitions in its metadata")
+        time.sleep(0.1)
+    log.info("added partitions", extra=fields(topic=topic, partitions=total))
 
 
 def _partition_count(admin: AdminClient, topic: str) -> int | None:

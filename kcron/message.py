@@ -5,6 +5,12 @@ strict about what it needs, so a worker never acts on a half-understood
 message, and lenient about extra keys, so a newer producer can add optional
 fields without breaking older workers. Anything wrong becomes one
 ``DecodeError`` that keeps the raw bytes.
+
+Two optional fields carry a run's retries: ``not_before`` (do not start
+earlier) and ``history`` (one entry per finished attempt). Absent means the
+default (no constraint, no history), so messages written before they existed
+still decode, and encoding leaves them out while they hold the default, so a
+first attempt's message is exactly what it always was.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import json
 import math
 import re
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,6 +45,17 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "timeout_s": (int, float, type(None)),
     "source": str,
 }
+# A run requeued from the dead-letter topic keeps its history, so the list
+# could grow without end; the newest entries are kept.
+MAX_HISTORY = 100
+_OUTCOME_RE = re.compile(r"[a-z][a-z_]{0,31}")
+_ATTEMPT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "attempt": int,
+    "started_at": str,
+    "finished_at": str,
+    "outcome": str,
+    "exit_code": (int, type(None)),
+}
 
 
 def format_time(moment: datetime) -> str:
@@ -56,6 +73,26 @@ def parse_time(text: str) -> datetime:
 
 
 @dataclass(frozen=True)
+class Attempt:
+    """One finished try of a run, as carried in ``history``."""
+
+    attempt: int
+    started_at: datetime
+    finished_at: datetime
+    outcome: str  # an executor Outcome value, e.g. "failed", "timed_out"
+    exit_code: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "started_at": format_time(self.started_at),
+            "finished_at": format_time(self.finished_at),
+            "outcome": self.outcome,
+            "exit_code": self.exit_code,
+        }
+
+
+@dataclass(frozen=True)
 class RunMessage:
     id: str
     job: str
@@ -68,16 +105,40 @@ class RunMessage:
     max_attempts: int = 1
     timeout_s: float | None = None
     v: int = SCHEMA_VERSION
+    not_before: datetime | None = None  # a retry waits for its backoff until then
+    history: tuple[Attempt, ...] = ()  # earlier attempts, oldest first
 
     @property
     def key(self) -> bytes:
         """Kafka key: the run id, so runs spread over partitions by a hash of a fresh UUID."""
         return self.id.encode("ascii")
 
+    @property
+    def due(self) -> datetime:
+        """When this attempt should start: its schedule, or its backoff if later."""
+        if self.not_before is not None and self.not_before > self.scheduled_for:
+            return self.not_before
+        return self.scheduled_for
+
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["scheduled_for"] = format_time(self.scheduled_for)
-        data["produced_at"] = format_time(self.produced_at)
+        data: dict[str, Any] = {
+            "id": self.id,
+            "job": self.job,
+            "command": self.command,
+            "scheduled_for": format_time(self.scheduled_for),
+            "produced_at": format_time(self.produced_at),
+            "source": self.source,
+            "shell": self.shell,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "timeout_s": self.timeout_s,
+            "v": self.v,
+        }
+        # Optional fields only when set: a first attempt encodes as it always did.
+        if self.not_before is not None:
+            data["not_before"] = format_time(self.not_before)
+        if self.history:
+            data["history"] = [a.to_dict() for a in self.history]
         return data
 
     def encode(self) -> bytes:
@@ -157,6 +218,14 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         produced_at = parse_time(data["produced_at"])
     except ValueError as exc:
         raise ValueError(f"time field: {exc}") from None
+    not_before = None
+    if data.get("not_before") is not None:
+        if not isinstance(data["not_before"], str):
+            raise ValueError(f"field 'not_before' has type {_json_type(data['not_before'])}")
+        try:
+            not_before = parse_time(data["not_before"])
+        except ValueError as exc:
+            raise ValueError(f"time field: {exc}") from None
     return RunMessage(
         id=run_id,
         job=data["job"],
@@ -168,7 +237,43 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         attempt=attempt,
         max_attempts=max_attempts,
         timeout_s=timeout,
+        not_before=not_before,
+        history=_history(data.get("history")),
     )
+
+
+def _history(value: Any) -> tuple[Attempt, ...]:
+    """The optional ``history`` list, checked as strictly as the required fields."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise ValueError(f"field 'history' has type {_json_type(value)}")
+    if len(value) > MAX_HISTORY:
+        raise ValueError(f"field 'history' has {len(value)} entries, over {MAX_HISTORY}")
+    entries = []
+    for index, item in enumerate(value):
+        where = f"history[{index}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} has type {_json_type(item)}")
+        for key, expected in _ATTEMPT_FIELDS.items():
+            if key not in item:
+                raise ValueError(f"{where}: missing field '{key}'")
+            field_value = item[key]
+            if not isinstance(field_value, expected) or isinstance(field_value, bool):
+                raise ValueError(f"{where}: field '{key}' has type {_json_type(field_value)}")
+        if item["attempt"] < 1:
+            raise ValueError(f"{where}: attempt {item['attempt']} is below 1")
+        if not _OUTCOME_RE.fullmatch(item["outcome"]):
+            raise ValueError(f"{where}: '{item['outcome'][:40]}' is not an outcome name")
+        try:
+            started_at = parse_time(item["started_at"])
+            finished_at = parse_time(item["finished_at"])
+        except ValueError as exc:
+            raise ValueError(f"{where}: time field: {exc}") from None
+        entries.append(
+            Attempt(item["attempt"], started_at, finished_at, item["outcome"], item["exit_code"])
+        )
+    return tuple(entries)
 
 
 def _json_type(value: object) -> str:

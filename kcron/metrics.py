@@ -33,8 +33,30 @@ class Metrics:
         self.undecodable = Counter(
             "kcron_undecodable_messages", "Messages skipped as not a valid run.", registry=r
         )
+        self.retries = Counter(
+            "kcron_retries",
+            "Failed runs sent to the retry topic for another attempt.",
+            ["job"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "kcron_dead_letters",
+            "Runs and messages sent to the dead-letter topic, by kind "
+            "(exhausted, permanent, undecodable).",
+            ["job", "kind"],
+            registry=r,
+        )
+        self.handoff_failures = Counter(
+            "kcron_handoff_failures",
+            "Retries and dead letters Kafka did not accept; their runs stay uncommitted.",
+            ["topic"],
+            registry=r,
+        )
+        self.late = Counter(
+            "kcron_runs_late", "Runs started well after they were due.", ["job"], registry=r
+        )
         self.lateness = Histogram(
-            "kcron_run_lateness_seconds", "Start time minus scheduled_for.", buckets=_SECONDS,
+            "kcron_run_lateness_seconds", "Start time minus the due time.", buckets=_SECONDS,
             registry=r,
         )  # fmt: skip
         self.duration = Histogram(

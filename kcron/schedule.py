@@ -11,7 +11,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import zoneinfo
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
@@ -73,14 +73,22 @@ class Scheduler:
     neither repeats nor skips a run.
     """
 
-    def __init__(self, jobs: Sequence[Job], start: datetime, default_tz: tzinfo = UTC) -> None:
+    def __init__(
+        self,
+        jobs: Sequence[Job],
+        start: datetime,
+        default_tz: tzinfo = UTC,
+        resume_from: Mapping[str, datetime] | None = None,
+    ) -> None:
+        """Runs strictly after ``start``, or after ``resume_from[job.name]`` where given."""
         _require_aware(start)
         self.cursor = start.astimezone(UTC)
         self._heap: list[tuple[datetime, int, Iterator[datetime], Job]] = []
+        resume_from = resume_from or {}
         for index, job in enumerate(jobs):
             if job.is_reboot:
                 continue
-            runs = iter_runs(job, self.cursor, default_tz)
+            runs = iter_runs(job, resume_from.get(job.name, self.cursor), default_tz)
             self._heap.append((next(runs), index, runs, job))
         heapq.heapify(self._heap)
 

@@ -52,6 +52,10 @@ class Settings:
     fetch_wait_max_ms: int = 100
     metrics_port: int | None = None  # serve Prometheus metrics here when set
     metrics_addr: str = "127.0.0.1"
+    # Backoff between attempts of a failed run (kcron/retry.py): after attempt
+    # n the next waits about min(cap, base * 2**(n-1)), half of it jittered.
+    retry_base_s: float = 10.0
+    retry_cap_s: float = 300.0
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -75,6 +79,8 @@ class Settings:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.grace_s < 0 or self.watch_interval_s <= 0:
             problems.append("grace must be >= 0 and watch interval > 0")
+        if not 0 < self.retry_base_s <= self.retry_cap_s:
+            problems.append("retry base must be > 0 and at most the retry cap")
         if not 0 <= self.dispatch_ahead_s <= 30:
             problems.append("dispatch-ahead must be between 0 and 30 seconds")
         try:

@@ -221,7 +221,7 @@ def test_producer_reload_keeps_last_good_jobs_on_a_bad_file(
     producer = start(
         procs, tmp_path, broker, topic, group, "produce", "--jobs", str(jobs), name="produce"
     )
-    producer.wait_for(lambda: producer.messages("producer started"), 30, "start")
+    producer.wait_for(lambda: producer.messages("became the active producer"), 30, "start")
     jobs.write_text("name=yearly @yearly echo once a year\n* * * * * * six fields\n")
     producer.wait_for(
         lambda: producer.messages("reload failed; keeping the last good job set"),

@@ -361,6 +361,35 @@ def test_job_whose_child_keeps_the_output_open_still_returns(tmp_path: Path):
         assert elapsed < DRAIN_AFTER_EXIT_S + 0.8
 
 
+def test_leftover_child_of_a_finished_job_dies_with_the_timeout(tmp_path: Path):
+    pid_file = tmp_path / "child.pid"
+    with reaped(pid_file):
+        result, _, elapsed = run(
+            f"sh -c 'sleep 30 >/dev/null 2>&1 & echo $! > {pid_file}; echo parent done'",
+            timeout_s=1.5,
+        )
+        assert result.ok and result.leftover
+        assert elapsed < 0.8, "the run itself ends with its own process"
+        child = int(pid_file.read_text())
+        assert not is_gone(child, within=0.3), "alive until the timeout"
+        assert is_gone(child, within=2.5), "killed when the timeout expired"
+
+
+def test_leftover_that_exits_on_its_own_is_left_alone(tmp_path: Path):
+    result, _, _ = run("sh -c 'sleep 0.3 >/dev/null 2>&1 & echo started'", timeout_s=5)
+    assert result.ok and result.leftover
+    time.sleep(0.6)
+    # the watcher stops by itself: no thread named after the group stays behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("leftovers-")]
+
+
+def test_without_a_timeout_leftovers_are_not_watched(tmp_path: Path):
+    pid_file = tmp_path / "child.pid"
+    with reaped(pid_file):
+        result, _, _ = run(f"sh -c 'sleep 30 >/dev/null 2>&1 & echo $! > {pid_file}'")
+        assert result.ok and not result.leftover
+
+
 # -- output --------------------------------------------------------------------------------
 
 

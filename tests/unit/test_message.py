@@ -42,6 +42,14 @@ REQUIRED = [
     "timeout_s",
     "source",
 ]
+OPTIONAL = ["not_before", "history"]
+AN_ATTEMPT = {
+    "attempt": 1,
+    "started_at": "2026-11-28T20:05:00.010Z",
+    "finished_at": "2026-11-28T20:05:02.500Z",
+    "outcome": "failed",
+    "exit_code": 2,
+}
 
 
 def a_message(**changes: Any) -> RunMessage:
@@ -530,6 +538,19 @@ def run_messages(draw: st.DrawFn) -> RunMessage:
         attempt=draw(st.integers(1, max_attempts)),
         max_attempts=max_attempts,
         timeout_s=draw(st.none() | st.floats(min_value=1e-6, max_value=1e12)),
+        not_before=draw(st.none() | _MS_DATETIMES),
+        history=tuple(draw(st.lists(_attempts(), max_size=5))),
+    )
+
+
+@st.composite
+def _attempts(draw: st.DrawFn) -> message.Attempt:
+    return message.Attempt(
+        attempt=draw(st.integers(1, 100)),
+        started_at=draw(_MS_DATETIMES),
+        finished_at=draw(_MS_DATETIMES),
+        outcome=draw(st.sampled_from(["failed", "timed_out", "not_found", "succeeded"])),
+        exit_code=draw(st.none() | st.integers(-64, 255)),
     )
 
 
@@ -618,7 +639,7 @@ def test_arbitrary_json_only_decode_or_decode_error(value):
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(
-    st.dictionaries(st.sampled_from(REQUIRED), _INTERESTING | _JSON, max_size=4),
+    st.dictionaries(st.sampled_from(REQUIRED + OPTIONAL), _INTERESTING | _JSON, max_size=4),
     st.sets(st.sampled_from(REQUIRED), max_size=2),
 )
 def test_mutated_messages_decode_only_if_the_schema_agrees(changes, removed):
@@ -630,3 +651,95 @@ def test_mutated_messages_decode_only_if_the_schema_agrees(changes, removed):
         # decode is never more lenient than the published schema
         assert PLAIN_VALIDATOR.is_valid(doc), doc
         assert 1 <= msg.attempt <= msg.max_attempts
+
+
+# -- optional retry fields: not_before and history ------------------------------------
+
+
+def test_a_first_attempt_encodes_without_the_optional_fields():
+    doc = json.loads(a_message().encode())
+    assert not set(OPTIONAL) & set(doc)
+
+
+def test_messages_without_the_optional_fields_decode_to_their_defaults():
+    msg = decode(raw(a_doc()))
+    assert msg.not_before is None
+    assert msg.history == ()
+    assert msg.due == msg.scheduled_for
+
+
+def test_null_optional_fields_mean_their_defaults():
+    msg = decode(raw(a_doc(not_before=None, history=None)))
+    assert (msg.not_before, msg.history) == (None, ())
+    assert VALIDATOR.is_valid(a_doc(not_before=None))
+
+
+def test_retry_fields_round_trip():
+    attempt = message.Attempt(
+        1,
+        datetime(2026, 11, 28, 20, 5, 0, 10000, tzinfo=UTC),
+        datetime(2026, 11, 28, 20, 5, 2, 500000, tzinfo=UTC),
+        "failed",
+        2,
+    )
+    msg = a_message(
+        attempt=2,
+        not_before=datetime(2026, 11, 28, 20, 5, 12, tzinfo=UTC),
+        history=(attempt,),
+    )
+    doc = json.loads(msg.encode())
+    assert doc["not_before"] == "2026-11-28T20:05:12.000Z"
+    assert doc["history"] == [AN_ATTEMPT]
+    VALIDATOR.validate(doc)
+    assert decode(msg.encode()) == RunMessage(
+        **{**msg.__dict__, "produced_at": datetime(2026, 11, 28, 20, 5, 0, 12000, tzinfo=UTC)}
+    )
+
+
+def test_due_is_the_later_of_schedule_and_not_before():
+    later = datetime(2026, 11, 28, 20, 6, tzinfo=UTC)
+    earlier = datetime(2026, 11, 28, 20, 4, tzinfo=UTC)
+    assert a_message(not_before=later).due == later
+    assert a_message(not_before=earlier).due == a_message().scheduled_for
+
+
+def test_history_entry_with_a_null_exit_code():
+    entry = {**AN_ATTEMPT, "outcome": "not_found", "exit_code": None}
+    assert decode(raw(a_doc(history=[entry]))).history[0].exit_code is None
+
+
+def test_history_entry_with_extra_keys_is_fine():
+    assert len(decode(raw(a_doc(history=[{**AN_ATTEMPT, "host": "w1"}]))).history) == 1
+
+
+def test_history_at_the_cap_is_fine_one_more_is_not():
+    assert len(decode(raw(a_doc(history=[AN_ATTEMPT] * message.MAX_HISTORY))).history) == 100
+    doc = a_doc(history=[AN_ATTEMPT] * (message.MAX_HISTORY + 1))
+    assert decode_error(raw(doc)).reason == "field 'history' has 101 entries, over 100"
+    assert not VALIDATOR.is_valid(doc)
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"not_before": 5}, "field 'not_before' has type integer"),
+        ({"not_before": "soon"}, "time field: 'soon' is not an RFC 3339 UTC time"),
+        ({"not_before": "2026-11-28T20:05:00+01:00"}, "time field: "),
+        ({"history": {}}, "field 'history' has type object"),
+        ({"history": "[]"}, "field 'history' has type string"),
+        ({"history": [1]}, "history[0] has type integer"),
+        ({"history": [{**AN_ATTEMPT, "attempt": 0}]}, "history[0]: attempt 0 is below 1"),
+        ({"history": [{**AN_ATTEMPT, "attempt": True}]}, "history[0]: field 'attempt' has type"),
+        ({"history": [{**AN_ATTEMPT, "attempt": "1"}]}, "history[0]: field 'attempt' has type"),
+        ({"history": [{**AN_ATTEMPT, "exit_code": 1.5}]}, "history[0]: field 'exit_code'"),
+        ({"history": [{**AN_ATTEMPT, "exit_code": False}]}, "history[0]: field 'exit_code'"),
+        ({"history": [{**AN_ATTEMPT, "outcome": "Failed!"}]}, "history[0]: 'Failed!' is not"),
+        ({"history": [{**AN_ATTEMPT, "outcome": ""}]}, "history[0]: '' is not an outcome"),
+        ({"history": [{**AN_ATTEMPT, "started_at": "now"}]}, "history[0]: time field:"),
+        ({"history": [AN_ATTEMPT, {"attempt": 2}]}, "history[1]: missing field 'started_at'"),
+    ],
+)
+def test_bad_optional_fields_are_decode_errors_and_fail_the_schema(changes, reason):
+    doc = a_doc(**changes)
+    assert decode_error(raw(doc)).reason.startswith(reason)
+    assert not VALIDATOR.is_valid(doc)

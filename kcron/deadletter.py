@@ -1,0 +1,244 @@
+"""``kcron dlq``: list the dead-letter topic, send a dead run back for another go.
+
+Reading uses assign(), never a consumer group, so listing commits nothing and
+two operators can list at once. The end of the topic is found by reading until
+nothing has arrived for ``idle`` seconds, not from the high watermark, which
+some Kafka-compatible dev brokers report wrongly.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    Message,
+    Producer,
+    TopicPartition,
+)
+
+from kcron import kafka, retry
+from kcron.errors import BrokerError, DeadLetterNotFound, NothingToRequeue
+from kcron.log import configure
+from kcron.message import RunMessage
+from kcron.retry import DeadLetter, Source, read_dead_letter
+from kcron.settings import Settings
+
+DEFAULT_IDLE_S = 2.0
+DELIVERY_TIMEOUT_S = 30.0
+
+
+def read_topic(
+    settings: Settings,
+    topic: str,
+    idle_s: float = DEFAULT_IDLE_S,
+    until: Callable[[list[Message]], bool] | None = None,
+) -> list[Message]:
+    """Every message of ``topic`` from the beginning, in partition order.
+
+    Stops once nothing has arrived for ``idle_s`` (twice that before the first
+    message: connecting and the first fetch take a moment), or as soon as
+    ``until(messages)`` is true. A missing topic reads as empty.
+    """
+    partitions = kafka.topic_partitions(settings, topic)
+    if not partitions:
+        return []
+    consumer = Consumer(kafka.reader_config(settings))
+    messages: list[Message] = []
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
+        last = time.monotonic() + idle_s  # the first message gets 2 x idle
+        while time.monotonic() - last < idle_s:
+            msg = consumer.poll(0.1)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise BrokerError(f"cannot read {topic}: {err}")
+                continue  # transient: librdkafka retries on its own
+            messages.append(msg)
+            last = time.monotonic()
+            if until is not None and until(messages):
+                break
+    finally:
+        consumer.close()
+    return messages
+
+
+def read_dead_letters(settings: Settings, idle_s: float = DEFAULT_IDLE_S) -> list[DeadLetter]:
+    topic = retry.dlq_topic(settings.topic)
+    letters = []
+    for msg in read_topic(settings, topic, idle_s):
+        source = Source(topic, msg.partition() or 0, msg.offset() or 0)
+        letters.append(read_dead_letter(msg.value(), source))
+    return letters
+
+
+def find(letters: list[DeadLetter], run_id: str) -> DeadLetter | None:
+    """The latest dead letter with this id (a requeued run may have died again)."""
+    wanted = run_id.strip().lower()
+    matches = [letter for letter in letters if (letter.id or "").lower() == wanted]
+    return matches[-1] if matches else None
+
+
+def requeue(
+    settings: Settings, run_id: str, idle_s: float = DEFAULT_IDLE_S
+) -> tuple[RunMessage, DeadLetter]:
+    """Send the dead run ``run_id`` back to the main topic as a fresh first attempt."""
+    letters = read_dead_letters(settings, idle_s)
+    dlq = retry.dlq_topic(settings.topic)
+    letter = find(letters, run_id)
+    if letter is None:
+        raise DeadLetterNotFound(
+            f"no dead letter with id {run_id} in {dlq} ({len(letters)} dead letters read)"
+        )
+    run = letter.run()
+    if run is None:
+        src = letter.record.get("source") or {}
+        raise NothingToRequeue(
+            f"dead letter {run_id} is not a run ({letter.kind}: {letter.reason}; from "
+            f"{src.get('topic')} partition {src.get('partition')} offset {src.get('offset')}): "
+            "there is nothing to requeue; its raw bytes are in raw_b64 (kcron dlq list --json)"
+        )
+    fresh = retry.requeued(run, datetime.now(UTC))
+    producer = Producer(kafka.worker_producer_config(settings))
+    errors: list[str] = []
+
+    def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+        if err is not None:
+            errors.append(str(err))
+
+    producer.produce(settings.topic, key=fresh.key, value=fresh.encode(), on_delivery=on_delivery)
+    left = producer.flush(DELIVERY_TIMEOUT_S)
+    if left or errors:
+        raise BrokerError(
+            f"run {run.id} was not requeued to {settings.topic}: "
+            + (errors[0] if errors else "no delivery report in time")
+        )
+    return fresh, letter
+
+
+# -- the click group -----------------------------------------------------------------
+
+
+def _cut(text: str, width: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def table_rows(letters: list[DeadLetter]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = [
+        ("DEAD AT", "JOB", "RUN ID", "TRIES", "EXIT", "REASON", "LAST OUTPUT")
+    ]
+    for letter in letters:
+        rows.append(
+            (
+                letter.dead_at or "-",
+                _cut(letter.job or "-", 24),
+                letter.id or "-",
+                "-" if letter.attempts is None else str(letter.attempts),
+                "-" if letter.exit_code is None else str(letter.exit_code),
+                _cut(letter.reason or letter.kind or "-", 60),
+                _cut(letter.last_line, 40) or "-",
+            )
+        )
+    return rows
+
+
+def format_table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    )
+
+
+def _record_for_json(letter: DeadLetter) -> dict[str, Any]:
+    doc = dict(letter.record)
+    if letter.source is not None:
+        doc["dlq_offset"] = letter.source.offset
+    return doc
+
+
+def build_dlq_group() -> click.Group:
+    """The ``kcron dlq`` group; built on demand so this module never imports cli.py
+    at import time (cli.py imports this one)."""
+    from kcron.cli import _option, build_settings, common_options, handle_errors
+
+    def settings_for(command: str, values: dict[str, Any]) -> Settings:
+        settings = build_settings(command, values)
+        # stdout is for the listing (and --json); logs go to stderr.
+        configure(settings.log_format, settings.log_level, settings.instance, stream=sys.stderr)
+        return settings
+
+    idle_option = _option(
+        "--idle",
+        "idle_s",
+        env="DLQ_IDLE",
+        type=click.FloatRange(0.1),
+        default=DEFAULT_IDLE_S,
+        show_default=True,
+        help="Stop reading once nothing has arrived for this many seconds.",
+    )
+
+    @click.group("dlq")
+    def dlq() -> None:
+        """Dead letters: runs that failed for good, and messages that were not runs.
+
+        They live in the topic <topic>.dlq, one JSON record each: reason, exit
+        code, the tail of the output, every attempt's times, and the run itself
+        (or, for an undecodable message, its raw bytes in base64).
+        """
+
+    @dlq.command("list")
+    @click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON array.")
+    @click.option(
+        "--limit", type=click.IntRange(1), help="Show only the N most recent dead letters."
+    )
+    @idle_option
+    @common_options
+    @handle_errors
+    def list_command(as_json: bool, limit: int | None, idle_s: float, **values: Any) -> None:
+        """List the dead letters, oldest first."""
+        settings = settings_for("dlq-list", values)
+        letters = read_dead_letters(settings, idle_s)
+        total = len(letters)
+        if limit is not None:
+            letters = letters[-limit:]
+        if as_json:
+            click.echo(json.dumps([_record_for_json(x) for x in letters], indent=2))
+            return
+        if letters:
+            click.echo(format_table(table_rows(letters)))
+        shown = f"{len(letters)} of {total}" if len(letters) != total else str(total)
+        noun = "dead letter" if total == 1 else "dead letters"
+        click.echo(f"{shown} {noun} in {retry.dlq_topic(settings.topic)}", err=True)
+
+    @dlq.command("requeue")
+    @click.argument("run_id")
+    @idle_option
+    @common_options
+    @handle_errors
+    def requeue_command(run_id: str, idle_s: float, **values: Any) -> None:
+        """Send dead run RUN_ID back to the topic as attempt 1 (history kept).
+
+        Exits 66 if no dead letter has that id, 65 if it is an undecodable
+        message (there is no run to send back).
+        """
+        settings = settings_for("dlq-requeue", values)
+        fresh, letter = requeue(settings, run_id, idle_s)
+        click.echo(
+            f"requeued run {fresh.id} (job {fresh.job}, dead at {letter.dead_at}) to "
+            f"{settings.topic} as attempt 1 of {fresh.max_attempts}"
+        )
+
+    return dlq
