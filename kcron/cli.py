@@ -88,6 +88,37 @@ def metrics_options(func: F) -> F:
     )(func)
 
 
+def partitions_option(func: F) -> F:
+    return _option(
+        "--partitions",
+        env="PARTITIONS",
+        type=click.IntRange(1),
+        help="Partitions when creating the topic.  [default: 2]",
+    )(func)
+
+
+def schedule_options(func: F) -> F:
+    """The job file and how its topic is created: shared by produce and backfill."""
+    func = _option(
+        "--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]"
+    )(func)
+    func = _option(
+        "--replication-factor",
+        env="REPLICATION_FACTOR",
+        type=click.IntRange(1),
+        help="Replication factor when creating the topic.  [default: 1]",
+    )(func)
+    func = partitions_option(func)
+    return click.option(
+        "--jobs",
+        envvar="KCRON_JOBS",
+        show_envvar=True,
+        required=True,
+        type=click.Path(dir_okay=False, path_type=str),
+        help="The job file.",
+    )(func)
+
+
 def _parse_kafka_options(values: tuple[str, ...] | None) -> tuple[tuple[str, str], ...] | None:
     if not values:
         return None
@@ -211,27 +242,7 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
 
 
 @cli.command()
-@click.option(
-    "--jobs",
-    envvar="KCRON_JOBS",
-    show_envvar=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="The job file to schedule.",
-)
-@_option(
-    "--partitions",
-    env="PARTITIONS",
-    type=click.IntRange(1),
-    help="Partitions when creating the topic.  [default: 2]",
-)
-@_option(
-    "--replication-factor",
-    env="REPLICATION_FACTOR",
-    type=click.IntRange(1),
-    help="Replication factor when creating the topic.  [default: 1]",
-)
-@_option("--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]")
+@schedule_options
 @_option(
     "--dispatch-ahead",
     "dispatch_ahead_s",
@@ -278,7 +289,8 @@ def produce(jobs: str, **values: Any) -> None:
 
     Reloads the job file on SIGHUP and when it changes (a bad file keeps the
     last good job set). SIGTERM or SIGINT flushes pending runs and exits 0.
-    Run exactly one producer per job file.
+    Producers with the same --producer-id elect one active producer; the
+    others stand by and take over when it stops.
     """
     from kcron.producer import ProducerService
 
@@ -297,14 +309,7 @@ def produce(jobs: str, **values: Any) -> None:
 
 
 @cli.command()
-@click.option(
-    "--jobs",
-    envvar="KCRON_JOBS",
-    show_envvar=True,
-    required=True,
-    type=click.Path(dir_okay=False, path_type=str),
-    help="The job file.",
-)
+@schedule_options
 @click.option(
     "--from",
     "start",
@@ -315,19 +320,6 @@ def produce(jobs: str, **values: Any) -> None:
 @click.option(
     "--to", "end", default="now", show_default=True, metavar="TIME", help="Window end, exclusive."
 )
-@_option(
-    "--partitions",
-    env="PARTITIONS",
-    type=click.IntRange(1),
-    help="Partitions when creating the topic.  [default: 2]",
-)
-@_option(
-    "--replication-factor",
-    env="REPLICATION_FACTOR",
-    type=click.IntRange(1),
-    help="Replication factor when creating the topic.  [default: 1]",
-)
-@_option("--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]")
 @click.option("--dry-run", is_flag=True, help="List the runs instead of producing them.")
 @common_options
 @handle_errors
@@ -416,12 +408,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     type=click.IntRange(1),
     help="Longest idle fetch wait.  [default: 100]",
 )
-@_option(
-    "--partitions",
-    env="PARTITIONS",
-    type=click.IntRange(1),
-    help="Partitions if this worker has to create the topic.  [default: 2]",
-)
+@partitions_option
 @_option(
     "--retry-base",
     "retry_base_s",

@@ -108,21 +108,11 @@ def state_reader_config(settings: Settings) -> dict[str, Any]:
 def worker_producer_config(settings: Settings) -> dict[str, Any]:
     """The worker's own producer, for retries and dead letters.
 
-    Idempotent and acks=all like the scheduler's, but never transactional: a
-    worker confirms each record by its delivery report before it commits the
-    offset of the run it replaces (at-least-once, see kcron/consumer.py).
+    The scheduler's settings (idempotent, acks=all, no linger), never
+    transactional: a worker confirms each record by its delivery report before
+    it commits the offset of the run it replaces (see kcron/consumer.py).
     """
-    conf = _common(settings)
-    conf.update(
-        {
-            "enable.idempotence": True,
-            "acks": "all",
-            # A retry's backoff starts when the run failed; do not add a batching delay.
-            "linger.ms": 0,
-        }
-    )
-    conf.update(dict(settings.kafka_options))
-    return conf
+    return producer_config(settings)
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from kcron.broker import BrokerInfo, select_broker
+from tests.support import Kcron
 
 Broker = BrokerInfo
 
@@ -48,6 +49,15 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         if reporter is not None:
             reporter.write_line(f"\n[kcron] integration broker: {found}")
         yield found
+
+
+@pytest.fixture
+def procs() -> Iterator[list[Kcron]]:
+    """kcron processes a test started; each is stopped (SIGTERM, then KILL) after it."""
+    started: list[Kcron] = []
+    yield started
+    for proc in started:
+        proc.stop(timeout=30)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -18,14 +17,6 @@ from tests.conftest import Broker
 from tests.support import REPO, Kcron, backfill, kcron_env, read_lines
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Kcron]]:
-    started: list[Kcron] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=10)
 
 
 def start(

@@ -6,7 +6,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,14 +15,6 @@ from tests.conftest import Broker
 from tests.support import Kcron, kcron_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Kcron]]:
-    started: list[Kcron] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=10)
 
 
 def producer(

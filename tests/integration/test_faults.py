@@ -40,14 +40,6 @@ RATE = 5.0  # runs per second written to the topic: 300 runs in 60 s
 JOB = "sh -c 'sleep 0.2; echo $KCRON_RUN_ID >> {ran}'"
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Kcron]]:
-    started: list[Kcron] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=30)
-
-
 class Ticker(threading.Thread):
     """Writes runs at a steady pace, each due ``ahead`` seconds after it is sent."""
 

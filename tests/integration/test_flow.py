@@ -4,7 +4,6 @@ topic, and a partition paused before a rebalance is fetched again after it."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,14 +14,6 @@ from tests.integration.runs import a_run, create_topics, produce_runs
 from tests.support import Kcron, kcron_env, read_lines
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Kcron]]:
-    started: list[Kcron] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=20)
 
 
 def worker(

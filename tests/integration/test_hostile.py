@@ -15,7 +15,7 @@ import select
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +32,6 @@ pytestmark = pytest.mark.integration
 
 BAD = 1050
 GOOD_EVERY = 50  # one good run after every 50 bad messages
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Kcron]]:
-    started: list[Kcron] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=20)
 
 
 def worker(

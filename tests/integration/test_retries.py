@@ -6,7 +6,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,14 +15,6 @@ from tests.integration.runs import a_run, create_topics, dead_letters, epoch, pr
 from tests.support import REPO, Kcron, kcron_env, read_lines
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Kcron]]:
-    started: list[Kcron] = []
-    yield started
-    for proc in started:
-        proc.stop(timeout=20)
 
 
 def worker(
