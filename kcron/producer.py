@@ -67,15 +67,11 @@ def build_message(run: Run, produced_at: datetime) -> RunMessage:
 
 
 class Dispatcher:
-    """Writes run messages to Kafka and reports each delivery."""
+    """Writes run messages to Kafka outside any transaction (backfill) and counts deliveries."""
 
-    def __init__(
-        self, settings: Settings, log_each: bool = True, metrics: Metrics | None = None
-    ) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._metrics = metrics
         self._producer = Producer(kafka.producer_config(settings))
-        self._log_each = log_each
         self.delivered = 0
         self.failed = 0
 
@@ -83,36 +79,21 @@ class Dispatcher:
         msg = build_message(run, now)
         topic = self._settings.topic
 
-        def on_delivery(err: KafkaError | None, record: Message) -> None:
-            if err is not None:
-                self.failed += 1
-                if self._metrics:
-                    self._metrics.delivery_failures.labels(msg.job).inc()
-                log.error(
-                    "delivery failed",
-                    extra=fields(
-                        job=msg.job,
-                        run=msg.id,
-                        topic=topic,
-                        error=str(err),
-                        scheduled_for=format_time(msg.scheduled_for),
-                    ),
-                )
+        def on_delivery(err: KafkaError | None, _record: Message) -> None:
+            if err is None:
+                self.delivered += 1
                 return
-            self.delivered += 1
-            if self._metrics:
-                self._metrics.dispatched.labels(msg.job).inc()
-            if self._log_each:
-                log.info(
-                    "run dispatched",
-                    extra=fields(
-                        job=msg.job,
-                        run=msg.id,
-                        scheduled_for=format_time(msg.scheduled_for),
-                        partition=record.partition(),
-                        offset=record.offset(),
-                    ),
-                )
+            self.failed += 1
+            log.error(
+                "delivery failed",
+                extra=fields(
+                    job=msg.job,
+                    run=msg.id,
+                    topic=topic,
+                    error=str(err),
+                    scheduled_for=format_time(msg.scheduled_for),
+                ),
+            )
 
         while True:
             try:
@@ -125,9 +106,6 @@ class Dispatcher:
                 self._producer.poll(0.1)
         self._producer.poll(0)
         return msg
-
-    def poll(self, timeout: float = 0) -> None:
-        self._producer.poll(timeout)
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
         """Wait for outstanding deliveries; return how many are still undelivered."""
@@ -515,7 +493,7 @@ def backfill(
     """Produce every given run now, keeping each run's true ``scheduled_for``."""
     kafka.wait_for_broker(settings)
     kafka.ensure_topic(settings)
-    dispatcher = Dispatcher(settings, log_each=False)
+    dispatcher = Dispatcher(settings)
     count = 0
     for run in runs:
         dispatcher.send(run, clock())
