@@ -14,6 +14,8 @@ help:
 	@echo "make stop       stop a running 'make run' gracefully"
 	@echo "make test       install and run unit + integration tests"
 	@echo "make lint       ruff + mypy"
+	@echo "make partitions-experiment  what 1, 2 and 3 partitions do to 2 workers (report + chart)"
+	@echo "make bench      kcron vs Debian cron: precision, herd, throughput, scale (bench-quick: < 3 min)"
 	@echo "make image      build the kcron image (containers/Dockerfile)"
 	@echo "make up         docker compose: Apache Kafka + kcron, in the background"
 	@echo "make logs       follow kcron's log (job output); make compose-status, make down"
