@@ -1,0 +1,1 @@
+"""kcron's benchmarks against Debian's cron: `make bench`, `make bench-quick`."""
