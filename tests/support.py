@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kcron.broker import BrokerInfo
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -126,3 +128,16 @@ def backfill(
 
 def read_lines(path: Path) -> list[str]:
     return path.read_text().split() if path.exists() else []
+
+
+def worker(
+    procs: list[Kcron], tmp_path: Path, broker: BrokerInfo, topic: str, group: str, **env: str
+) -> Kcron:
+    """Start a `kcron consume` in ``group`` whose JSON log goes to ``tmp_path``."""
+    proc = Kcron(
+        ["consume"],
+        kcron_env(broker.bootstrap, topic, group, **env),
+        tmp_path / f"consume-{len(procs)}.log",
+    )
+    procs.append(proc)
+    return proc

@@ -26,24 +26,12 @@ from kcron.message import MAX_MESSAGE_BYTES, decode
 from kcron.retry import MAX_RAW_KEPT
 from tests.conftest import Broker
 from tests.integration.runs import a_run, create_topics, dead_letters, epoch, produce
-from tests.support import Kcron, kcron_env, read_lines
+from tests.support import Kcron, read_lines, worker
 
 pytestmark = pytest.mark.integration
 
 BAD = 1050
 GOOD_EVERY = 50  # one good run after every 50 bad messages
-
-
-def worker(
-    procs: list[Kcron], tmp_path: Path, broker: Broker, topic: str, group: str, **env: str
-) -> Kcron:
-    proc = Kcron(
-        ["consume"],
-        kcron_env(broker.bootstrap, topic, group, **env),
-        tmp_path / f"consume-{len(procs)}.log",
-    )
-    procs.append(proc)
-    return proc
 
 
 def peak_rss_mb(pid: int) -> float:

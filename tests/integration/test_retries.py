@@ -12,21 +12,9 @@ import pytest
 
 from tests.conftest import Broker
 from tests.integration.runs import a_run, create_topics, dead_letters, epoch, produce, produce_runs
-from tests.support import REPO, Kcron, kcron_env, read_lines
+from tests.support import REPO, Kcron, kcron_env, read_lines, worker
 
 pytestmark = pytest.mark.integration
-
-
-def worker(
-    procs: list[Kcron], tmp_path: Path, broker: Broker, topic: str, group: str, **env: str
-) -> Kcron:
-    proc = Kcron(
-        ["consume"],
-        kcron_env(broker.bootstrap, topic, group, **env),
-        tmp_path / f"consume-{len(procs)}.log",
-    )
-    procs.append(proc)
-    return proc
 
 
 def kcron_dlq(broker: Broker, topic: str, *args: str) -> subprocess.CompletedProcess[str]:
