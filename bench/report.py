@@ -208,6 +208,62 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
     return "\n".join(out)
 
 
+def readme_table(results: dict[str, Any]) -> str:
+    """The README's kcron-vs-cron table, from one run's results."""
+    rows = ["| | kcron | cron, same run | target | met |", "|---|---|---|---|---|"]
+    met = {r["target"]: r["met"] for r in results.get("targets") or targets(results)}
+
+    def yes(*names: str) -> str:
+        found = [met.get(n) for n in names]
+        return "yes" if all(found) else "**no**"
+
+    for key, title, limit in (("p1", "P1 precision", "p1_kcron_p99_s"),
+                              ("p2", "P2 herd", "p2_kcron_p99_s")):
+        res = results.get(key)
+        if not res:
+            continue
+        n = len(res["schedulers"]["kcron"]["repeats"])
+        cells = []
+        for name in ("kcron", "cron"):
+            s = res["schedulers"][name]
+            cells.append(f"{dur(s['first']['median'])} / {dur(s['p50']['median'])} / "
+                         f"**{fig(s['p99'])}** / {dur(s['max']['median'])}")
+        r = res["cron_p99_over_kcron_p99"]
+        rows.append(
+            f"| **{title}**: {res['jobs']:,} jobs due the same minute ({n} minutes each): "
+            f"first / p50 / **p99** / max | {cells[0]} | {cells[1]} | kcron p99 ≤ "
+            f"{dur(TARGETS[limit])}{', ≥ 3× better than cron' if key == 'p2' else ''} | "
+            f"{yes(*[t for t in met if t.startswith(key.upper() + ': kcron')])}: cron p99 / "
+            f"kcron p99 = {fig(r, ratio)} |")
+    p3 = results.get("p3")
+    if p3:
+        rows.append(
+            f"| **P3** throughput: {p3['runs']:,} runs of `true`, 2 consumers, end to end | "
+            f"**{fig(p3['runs_per_s'], lambda v: f'{v:.0f} runs/s')}** | raw spawn rate, one "
+            f"loop per core: {fig(p3['raw_per_s'], lambda v: f'{v:,.0f}/s')} | ≥ 80 % of raw | "
+            f"{yes(*[t for t in met if t.startswith('P3')])}: "
+            f"{fig(p3['ratio_to_raw'], pct)} |")
+    p4 = results.get("p4")
+    if p4:
+        rows.append(
+            f"| **P4** `kcron check` on {p4['jobs']:,} jobs: time / peak RSS | "
+            f"{fig(p4['check_s'])} / {fig(p4['check_rss_mib'], mib)} | | ≤ 5 s / ≤ 300 MB | "
+            f"time {yes('P4: `kcron check` ≤ 5 s')}, RSS "
+            f"{yes('P4: `kcron check` peak RSS ≤ 300 MB')} |")
+        rows.append(
+            f"| **P4** producer start-up: file parsed / ready to dispatch / peak RSS | "
+            f"{fig(p4['parse_s'])} / {fig(p4['startup_s'])} / {fig(p4['producer_rss_mib'], mib)}"
+            f" | | ≤ 5 s / ≤ 300 MB | time "
+            f"{yes('P4: producer start-up (parse + schedule) ≤ 5 s')}, RSS "
+            f"{yes('P4: producer peak RSS ≤ 300 MB')} |")
+        rows.append(
+            f"| **P4** last of the {fig(p4['due'], lambda v: f'{v:,.0f}')} runs due at a minute "
+            f"acknowledged by Kafka, relative to the minute (first one) | "
+            f"{fig(p4['last_delivered_s'])} ({fig(p4['first_delivered_s'])}) | | ≤ 1 s after | "
+            f"{yes('P4: last due run delivered ≤ 1 s after the minute')} |")
+    return "\n".join(rows)
+
+
 def chart(results: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib

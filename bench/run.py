@@ -395,12 +395,14 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, _terminate)  # also when started in the background
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored in the background
+        signal.signal(signal.SIGINT, _terminate)
     if args.report_only:
         results = json.loads(args.report_only.read_text())
         out = args.out if "--out" in (argv or sys.argv) else args.report_only.parent
         paths = report.write(results, out)
         say("wrote " + ", ".join(str(p) for p in paths.values()))
+        print(report.readme_table(results))
         return 0
     started = time.time()
     machine = machine_info()
