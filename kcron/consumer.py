@@ -26,7 +26,6 @@ import random
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -202,11 +201,10 @@ class Worker:
                 pid=os.getpid(),
             ),
         )
-        # Per partition: prefetch a few runs beyond the running ones, so a
-        # finished slot refills without a fetch round trip. Held retries count
-        # against their own retry partition only, so they never pause the main
-        # topic. Queued runs are handed back on rebalance.
-        limit = settings.concurrency * 2 + 30
+        # Per partition, at most --prefetch runs are taken and not yet finished;
+        # held retries count against their own retry partition only, so they
+        # never pause the main topic. Taken runs are handed back on rebalance.
+        limit = settings.prefetch
         try:
             while not self._stop:
                 self._producer.poll(0)
@@ -565,15 +563,14 @@ class Worker:
             self._consumer.store_offsets(offsets=[TopicPartition(key[0], key[1], position)])
 
     def _flow_control(self, limit: int) -> None:
-        """Pause a partition holding ``limit`` runs; resume it once half are gone."""
+        """Pause a partition with ``limit`` runs taken and not finished (queued,
+        running, held or being handed off); resume it once half are gone."""
         consumer = self._consumer
         if consumer is None or not self._assigned:
             return
-        load = Counter(k for k, _ in self._futures)
-        load.update(h.partition for h in self._held)
-        load.update(k for k, _ in self._handoffs)
-        pause = [k for k in self._assigned - self._paused if load[k] >= limit]
-        resume = [k for k in self._paused & self._assigned if load[k] <= limit // 2]
+        load = self._tracker.in_flight
+        pause = [k for k in self._assigned - self._paused if load(k) >= limit]
+        resume = [k for k in self._paused & self._assigned if load(k) <= limit // 2]
         if pause:
             consumer.pause([TopicPartition(t, p) for t, p in pause])
             self._paused.update(pause)

@@ -16,14 +16,19 @@ class PartitionOffsets:
     def __init__(self) -> None:
         self._pending: dict[int, bool] = {}  # offset -> finished; insertion order = offset order
         self._committable: int | None = None
+        self._open = 0  # offsets taken and not finished; kept so in_flight is O(1)
 
     def taken(self, offset: int) -> None:
+        if self._pending.get(offset) is not False:
+            self._open += 1
         self._pending[offset] = False
 
     def finished(self, offset: int) -> int | None:
         """Mark ``offset`` done; return the new commit position if it moved."""
         if offset not in self._pending:
             return None
+        if not self._pending[offset]:
+            self._open -= 1
         self._pending[offset] = True
         moved = None
         # Only the finished prefix is walked, so a hung run does not make every
@@ -40,7 +45,7 @@ class PartitionOffsets:
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for done in self._pending.values() if not done)
+        return self._open
 
     @property
     def committable(self) -> int | None:

@@ -43,7 +43,15 @@ class Settings:
 
     # consumer
     group: str = "kcron"
-    concurrency: int = 1
+    # Jobs due at the same minute start together, as under cron, instead of
+    # queueing behind one another (or behind one long job) on their worker.
+    concurrency: int = 8
+    # Runs a worker takes from one partition before it pauses fetching it:
+    # queued for a slot, held until due, or waiting out a retry backoff. Large
+    # enough that a herd due the same minute is in memory when the minute
+    # comes, and that pausing (which drops librdkafka's prefetched batch, so
+    # resuming fetches it again) stays rare; small enough to bound memory.
+    prefetch: int = 1000
     grace_s: float = 30.0
     max_output_bytes: int = 1024 * 1024
     session_timeout_ms: int = 45000
@@ -71,6 +79,7 @@ class Settings:
             "partitions",
             "replication_factor",
             "concurrency",
+            "prefetch",
             "max_output_bytes",
             "session_timeout_ms",
             "fetch_wait_max_ms",

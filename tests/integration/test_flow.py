@@ -34,7 +34,7 @@ def test_held_retries_pause_only_their_retry_partition(
     ran = tmp_path / "ran.txt"
     create_topics(broker.bootstrap, topic, 1)
     w = worker(procs, tmp_path, broker, topic, group, KCRON_CONCURRENCY="2",
-               KCRON_RETRY_BASE="120", KCRON_RETRY_CAP="120")  # fmt: skip
+               KCRON_PREFETCH="32", KCRON_RETRY_BASE="120", KCRON_RETRY_CAP="120")  # fmt: skip
     w.wait_for(lambda: w.assigned() == [0], 30, "the partitions")
     # 40 failures wait 60-120 s in the retry partition: more than a partition may
     # hold (32 here). Sent in two halves, so the main partition never holds that many.
@@ -62,7 +62,7 @@ def test_a_partition_paused_before_a_rebalance_is_fetched_after_it(
 ) -> None:
     ran = tmp_path / "ran.txt"
     create_topics(broker.bootstrap, topic, 1)
-    w = worker(procs, tmp_path, broker, topic, group)  # concurrency 1: holds at most 32
+    w = worker(procs, tmp_path, broker, topic, group, KCRON_CONCURRENCY="1", KCRON_PREFETCH="32")
     w.wait_for(lambda: w.assigned() == [0], 30, "the partitions")
     runs = [a_run(f"sh -c 'sleep 0.3; echo $KCRON_RUN_ID >> {ran}'") for _ in range(60)]
     produce_runs(broker.bootstrap, topic, runs)

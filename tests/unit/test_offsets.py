@@ -85,6 +85,24 @@ def test_finishing_twice_before_commit_does_not_skip_ahead():
     assert part.finished(2) is None
     assert part.finished(1) == 3  # 3 still running
     assert part.committable == 3
+    assert part.in_flight == 1
+
+
+def test_in_flight_counts_each_offset_once_whatever_the_order_of_events():
+    # The worker pauses a partition on this count: drifting up would stall it forever.
+    part = PartitionOffsets()
+    part.taken(1)
+    part.taken(1)  # delivered again (after a seek) while still pending
+    part.taken(2)
+    assert part.in_flight == 2
+    part.finished(2)
+    part.finished(2)
+    assert part.in_flight == 1
+    part.taken(2)  # finished but not committable yet, then taken again
+    assert part.in_flight == 2
+    part.finished(2)
+    part.finished(1)
+    assert part.in_flight == 0
 
 
 def test_position_stays_after_everything_finished():

@@ -16,7 +16,7 @@ def test_defaults():
     assert s.bootstrap_servers == "127.0.0.1:9092"
     assert s.topic == "kcron.jobs"
     assert s.timezone == "UTC"
-    assert s.concurrency == 1
+    assert s.concurrency == 8
     assert s.log_format == "text"
     assert s.log_level == "INFO"
     assert s.metrics_port is None
@@ -69,7 +69,7 @@ def test_frozen():
 def test_replace_returns_a_validated_copy():
     s = Settings()
     t = s.replace(concurrency=3)
-    assert (s.concurrency, t.concurrency) == (1, 3)
+    assert (s.concurrency, t.concurrency) == (8, 3)
     with pytest.raises(ConfigError):
         s.replace(concurrency=0)
 
