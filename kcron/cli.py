@@ -25,6 +25,7 @@ from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("kcron.cli")
+_CHECK_ECHO_LINES = 5000
 
 
 def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
@@ -209,12 +210,17 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     parsed = jobfile.load(jobs)
     now = datetime.now(UTC)
     listing: list[dict[str, Any]] = []
+    # Big files repeat a few schedules over many jobs: compute each one's times once.
+    upcoming_by_schedule: dict[tuple[str, str | None], list[str]] = {}
     for job in parsed.jobs:
-        upcoming = (
-            ["at producer start"]
-            if job.is_reboot
-            else [format_time(t) for t in schedule.next_runs(job, now, count, settings.tz)]
-        )
+        if job.is_reboot:
+            upcoming = ["at producer start"]
+        else:
+            key = (job.cron_expression, job.tz)
+            if key not in upcoming_by_schedule:
+                times = schedule.next_runs(job, now, count, settings.tz)
+                upcoming_by_schedule[key] = [format_time(t) for t in times]
+            upcoming = upcoming_by_schedule[key]
         listing.append(
             {
                 "name": job.name,
@@ -228,15 +234,21 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     if output == "json":
         click.echo(json.dumps({"file": jobs, "jobs": listing}, indent=2))
         return
+    lines: list[str] = []
     for item in listing:
-        click.echo(f"{click.style(item['name'], bold=True)}  ({item['source']})")
-        click.echo(f"  schedule: {item['schedule']}")
-        click.echo(f"  command:  {item['command']}")
+        lines.append(f"{click.style(item['name'], bold=True)}  ({item['source']})")
+        lines.append(f"  schedule: {item['schedule']}")
+        lines.append(f"  command:  {item['command']}")
         if item["options"]:
             opts = " ".join(f"{k}={v}" for k, v in item["options"].items())
-            click.echo(f"  options:  {opts}")
+            lines.append(f"  options:  {opts}")
         if count:
-            click.echo(f"  next:     {', '.join(item['next'])}")
+            lines.append(f"  next:     {', '.join(item['next'])}")
+        if len(lines) >= _CHECK_ECHO_LINES:  # one echo per line is slow for big files
+            click.echo("\n".join(lines))
+            lines.clear()
+    if lines:
+        click.echo("\n".join(lines))
     noun = "job" if len(listing) == 1 else "jobs"
     click.echo(f"{jobs}: OK, {len(listing)} {noun} (times in UTC, schedules in {timezone})")
 
@@ -381,7 +393,14 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     "--concurrency",
     env="CONCURRENCY",
     type=click.IntRange(1),
-    help="Runs executed at once by this worker.  [default: 1]",
+    help="Runs executed at once by this worker.  [default: 8]",
+)
+@_option(
+    "--prefetch",
+    env="PREFETCH",
+    type=click.IntRange(1),
+    help="Runs taken from one partition ahead of running them (queued, held until due "
+    "or waiting to retry) before fetching pauses.  [default: 1000]",
 )
 @_option(
     "--grace",

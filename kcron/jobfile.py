@@ -16,11 +16,14 @@ future run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import math
 import re
 import unicodedata
 import zoneinfo
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +55,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, 
 # A sixth token that looks like a cron field means the user wrote a 6- or
 # 7-field (seconds/years) schedule; running "*" as a command would be absurd.
 _FIELDISH_RE = re.compile(r"[0-9*?/,-]+")
+_REJECTED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
+_ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # Cc less the tab
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 _REFERENCE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
@@ -219,50 +224,52 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
     stripped = text.strip(" \t")
     if not stripped or stripped.startswith("#"):
         return None
-    for col, ch in enumerate(text, start=1):
-        if ch != "\t" and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co"):
-            raise _LineInvalid(f"control or invisible character U+{ord(ch):04X} at column {col}")
+    _check_characters(text)
 
-    tokens = [(m.group(), m.start()) for m in _TOKEN_RE.finditer(text)]
+    # Tokens are read only as far as needed: the command is taken verbatim.
+    tokens = _TOKEN_RE.finditer(text)
+    token = next(tokens, None)
     options: dict[str, str] = {}
-    while tokens and (opt := _OPTION_RE.fullmatch(tokens[0][0])):
+    while token is not None and (opt := _OPTION_RE.fullmatch(token.group())):
         key, value = opt.group(1), opt.group(2)
         if key not in OPTION_KEYS:
             raise _LineInvalid(f"unknown option '{key}' (known: {', '.join(OPTION_KEYS)})")
         if key in options:
             raise _LineInvalid(f"option '{key}' given twice")
         options[key] = value
-        tokens.pop(0)
+        token = next(tokens, None)
 
-    if not tokens:
+    if token is None:
         raise _LineInvalid("missing schedule and command")
-    first = tokens[0][0]
+    first = token.group()
     if first.startswith("@"):
         schedule = first
         if schedule != REBOOT and schedule not in MACROS:
             known = ", ".join([*MACROS, REBOOT])
             raise _LineInvalid(f"unknown macro '{schedule}' (known: {known})")
-        rest = tokens[1:]
+        rest = next(tokens, None)
     else:
-        fields = [t for t, _ in tokens[:5]]
+        fields = [first, *(m.group() for m in itertools.islice(tokens, 4))]
         if len(fields) < 5:
             raise _LineInvalid(
                 f"schedule needs 5 fields (minute hour day-of-month month day-of-week), "
                 f"got {len(fields)} and no command"
             )
         schedule = " ".join(fields)
-        rest = tokens[5:]
-        if rest and _FIELDISH_RE.fullmatch(rest[0][0]):
+        rest = next(tokens, None)
+        if rest is not None and _FIELDISH_RE.fullmatch(rest.group()):
             raise _LineInvalid(
-                f"'{rest[0][0]}' after 5 schedule fields looks like a 6th field: kcron uses "
+                f"'{rest.group()}' after 5 schedule fields looks like a 6th field: kcron uses "
                 "5-field cron (no seconds or years); put the command after the 5th field"
             )
-    if not rest:
+    if rest is None:
         raise _LineInvalid(f"missing command after schedule '{schedule}'")
-    command = text[rest[0][1] :].rstrip(" \t")
+    command = text[rest.start() :].rstrip(" \t")
 
     if schedule != REBOOT:
-        _validate_schedule(MACROS.get(schedule, schedule), options.get("tz"))
+        error = _schedule_error(MACROS.get(schedule, schedule), options.get("tz"))
+        if error is not None:
+            raise _LineInvalid(error)
 
     parsed: dict[str, object] = {}
     for key, value in options.items():
@@ -283,6 +290,22 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
         shell=bool(parsed.get("shell", False)),
         tz=parsed.get("tz"),  # type: ignore[arg-type]
     )
+
+
+def _check_characters(text: str) -> None:
+    if text.isascii():
+        # The common case, without a lookup per character: in ASCII only the
+        # C0 controls and DEL are in the rejected categories.
+        if (bad := _ASCII_CONTROL_RE.search(text)) is None:
+            return
+        candidates: Iterable[tuple[int, str]] = [(bad.start(), bad.group())]
+    else:
+        candidates = enumerate(text)
+    for index, ch in candidates:
+        if ch != "\t" and unicodedata.category(ch) in _REJECTED_CATEGORIES:
+            raise _LineInvalid(
+                f"control or invisible character U+{ord(ch):04X} at column {index + 1}"
+            )
 
 
 def _parse_name(text: str) -> str:
@@ -314,7 +337,7 @@ def _parse_bool(text: str) -> bool:
 
 
 def _parse_tz(text: str) -> str:
-    # Checked here too, not only in _validate_schedule, which @reboot lines skip.
+    # Checked here too, not only in _schedule_error, which @reboot lines skip.
     if not text:
         raise ValueError("must name a time zone such as Europe/Paris")
     try:
@@ -334,25 +357,59 @@ _OPTION_PARSERS = {
 }
 
 
-def _validate_schedule(expr: str, tz: str | None) -> None:
-    fields = expr.split(" ")
-    for index, value in enumerate(fields):
-        if not value.isascii():
-            raise _LineInvalid(f"{FIELD_NAMES[index]} field '{value}': only ASCII is allowed")
-    try:
-        crontab.CronSlices(expr)
-    except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
-        reason = str(exc.args[0]) if exc.args else type(exc).__name__
-        raise _LineInvalid(f"invalid schedule '{expr}': {reason}") from None
+# Validation results by schedule: big files repeat a few thousand schedules over
+# many lines, and a reload asks again about the same ones. Entries are small.
+_CACHE_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _schedule_error(expr: str, tz: str | None) -> str | None:
+    """Why ``expr`` (five fields, macros expanded) in zone ``tz`` is not a usable
+    schedule, or None if it is. Pure, hence cached."""
+    if (error := _fields_error(expr)) is not None:
+        return error
     start = _REFERENCE_TIME
     if tz is not None:
         try:
             start = start.astimezone(zoneinfo.ZoneInfo(tz))
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
-            raise _LineInvalid(f"option tz: unknown time zone '{tz}'") from None
+            return f"option tz: unknown time zone '{tz}'"
+    if (error := _croniter_error(expr)) is not None:
+        return error
+    _minute, _hour, day_of_month, month, _day_of_week = expr.split(" ")
+    if day_of_month == "*" or month == "*":
+        # Every day of the month exists in some month and every month has days:
+        # only a schedule restricting both can name no date (Feb 30), so only
+        # then is a run time, the costly part, computed.
+        return None
     try:
         croniter(expr, start).get_next(datetime)
     except Exception as exc:  # croniter raises several unrelated types
         if "failed to find next date" in str(exc):
-            raise _LineInvalid(f"schedule '{expr}' never fires (no such date)") from None
-        raise _LineInvalid(f"invalid schedule '{expr}': {exc}") from None
+            return f"schedule '{expr}' never fires (no such date)"
+        return f"invalid schedule '{expr}': {exc}"
+    return None
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _fields_error(expr: str) -> str | None:
+    """ASCII fields that python-crontab accepts."""
+    for index, value in enumerate(expr.split(" ")):
+        if not value.isascii():
+            return f"{FIELD_NAMES[index]} field '{value}': only ASCII is allowed"
+    try:
+        crontab.CronSlices(expr)
+    except (ValueError, KeyError, IndexError, TypeError, AssertionError) as exc:
+        reason = str(exc.args[0]) if exc.args else type(exc).__name__
+        return f"invalid schedule '{expr}': {reason}"
+    return None
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _croniter_error(expr: str) -> str | None:
+    """croniter's syntax check (its constructor); the zone plays no part in it."""
+    try:
+        croniter(expr, _REFERENCE_TIME)
+    except Exception as exc:  # croniter raises several unrelated types
+        return f"invalid schedule '{expr}': {exc}"
+    return None

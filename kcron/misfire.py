@@ -59,6 +59,9 @@ def plan(
     skipped: dict[str, int] = {}
     resume: dict[str, datetime] = {}
     oldest_allowed = now - grace
+    # Jobs with the same schedule, zone and last dispatch missed the same ticks:
+    # a big file has many jobs per schedule, and computing ticks is the costly part.
+    missed_by_schedule: dict[tuple[str, str | None, datetime], tuple[int, list[datetime]]] = {}
     for job in jobs:
         if job.is_reboot:
             continue
@@ -70,18 +73,10 @@ def plan(
             if last is not None:
                 resume[job.name] = last
             continue
-        # Ticks older than the grace are only counted (bounded), never run.
-        stale = 0
-        if last < oldest_allowed:
-            for when in iter_runs(job, last, default_tz):
-                if when >= oldest_allowed or stale >= MAX_COUNTED:
-                    break
-                stale += 1
-        missed: list[datetime] = []
-        for when in iter_runs(job, max(last, oldest_allowed - _EPSILON), default_tz):
-            if when > now or len(missed) >= MAX_CATCH_UP_PER_JOB:
-                break
-            missed.append(when)
+        key = (job.cron_expression, job.tz, last)
+        if key not in missed_by_schedule:
+            missed_by_schedule[key] = _missed(job, last, now, oldest_allowed, default_tz)
+        stale, missed = missed_by_schedule[key]
         total = stale + len(missed)
         if policy is Policy.ALL:
             chosen = missed
@@ -94,6 +89,28 @@ def plan(
             skipped[job.name] = total - len(chosen)
     runs.sort(key=lambda r: (r.scheduled_for, r.job.line))
     return Plan(tuple(runs), resume, skipped)
+
+
+def _missed(
+    job: Job, last: datetime, now: datetime, oldest_allowed: datetime, default_tz: tzinfo
+) -> tuple[int, list[datetime]]:
+    """Ticks after ``last`` up to ``now``: (how many are older than the grace, the others)."""
+    runs = iter_runs(job, last, default_tz)
+    when = next(runs)
+    # Ticks older than the grace are only counted (bounded), never run.
+    stale = 0
+    while when < oldest_allowed:
+        if stale >= MAX_COUNTED:
+            runs = iter_runs(job, oldest_allowed - _EPSILON, default_tz)
+            when = next(runs)
+            break
+        stale += 1
+        when = next(runs)
+    missed: list[datetime] = []
+    while when <= now and len(missed) < MAX_CATCH_UP_PER_JOB:
+        missed.append(when)
+        when = next(runs)
+    return stale, missed
 
 
 # -- the state record in the compacted state topic ---------------------------

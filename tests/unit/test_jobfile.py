@@ -817,3 +817,42 @@ def test_valid_five_field_lines_always_parse(minute, hour, dom, month, dow, comm
     job = only_job(f"{minute} {hour} {dom} {month} {dow} {command}")
     assert job.schedule == f"{minute} {hour} {dom} {month} {dow}"
     assert job.command == command
+
+
+# -- schedules repeated over many lines (validated once, reported per line) -------
+
+
+def test_a_repeated_bad_schedule_is_reported_on_each_of_its_lines():
+    text = "0 0 31 2 * a\n* * * * * b\n0 0 31 2 * c\n61 * * * * d\n61 * * * * e\n"
+    out_of_range = one_error("61 * * * * d").removeprefix(f"{FILE}:1: ")
+    assert out_of_range.startswith("invalid schedule '61 * * * *'")
+    assert errors(text) == [
+        f"{FILE}:1: schedule '0 0 31 2 *' never fires (no such date)",
+        f"{FILE}:3: schedule '0 0 31 2 *' never fires (no such date)",
+        f"{FILE}:4: {out_of_range}",
+        f"{FILE}:5: {out_of_range}",
+    ]
+
+
+def test_a_schedule_seen_valid_is_still_checked_with_each_line_s_time_zone():
+    text = "0 9 * * * a\ntz=Mars/Olympus 0 9 * * * b\ntz=Europe/Paris 0 9 * * * c\n0 9 * * * d\n"
+    assert errors(text) == [f"{FILE}:2: option tz: unknown time zone 'Mars/Olympus'"]
+    good = jobfile.parse(text.replace("Mars/Olympus", "Asia/Tokyo"), FILE).jobs
+    assert [(j.line, j.tz) for j in good] == [
+        (1, None),
+        (2, "Asia/Tokyo"),
+        (3, "Europe/Paris"),
+        (4, None),
+    ]
+
+
+def test_a_file_of_many_jobs_on_few_schedules_parses_each_line():
+    lines = [f"name=j{i} {i % 7} {i % 3} * * * run {i}" for i in range(3000)]
+    jobs = jobfile.parse("\n".join(lines), FILE).jobs
+    assert len(jobs) == 3000
+    assert [(j.line, j.schedule, j.command) for j in jobs[:2]] == [
+        (1, "0 0 * * *", "run 0"),
+        (2, "1 1 * * *", "run 1"),
+    ]
+    bad = "\n".join([*lines, "name=x 0 0 30 2 * late"])
+    assert errors(bad) == [f"{FILE}:3001: schedule '0 0 30 2 *' never fires (no such date)"]

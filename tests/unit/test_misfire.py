@@ -126,3 +126,18 @@ def test_state_records_round_trip_and_reject_garbage() -> None:
 @pytest.mark.parametrize("policy", list(Policy))
 def test_policy_values_are_the_cli_words(policy: Policy) -> None:
     assert Policy(policy.value) is policy
+
+
+def test_jobs_sharing_a_schedule_and_state_each_get_their_missed_tick() -> None:
+    shared = jobfile.parse(
+        b"name=a * * * * * echo a\nname=b * * * * * echo b\nname=c * * * * * echo c\n",
+        "jobs.cron",
+    ).jobs
+    last = {"a": at(12, 5), "b": at(12, 5), "c": at(12, 8)}
+    plan = misfire.plan(shared, last, NOW, Policy.ONCE, HOUR)
+    assert [(r.scheduled_for, r.job.name) for r in plan.runs] == [
+        (at(12, 10), "a"),
+        (at(12, 10), "b"),
+        (at(12, 10), "c"),
+    ]
+    assert plan.skipped == {"a": 4, "b": 4, "c": 1}

@@ -450,3 +450,54 @@ def test_job_zone():
     assert schedule.job_zone(job("@daily x")) is UTC
     assert schedule.job_zone(job("@daily x"), TOKYO) is TOKYO
     assert schedule.job_zone(job("tz=Europe/Paris @daily x"), TOKYO) == PARIS
+
+
+# -- jobs sharing a schedule ---------------------------------------------------------------
+
+
+def test_jobs_sharing_a_schedule_each_fire_once_in_file_order():
+    js = jobs("* * * * * a\n*/2 * * * * b\n* * * * * c\n*/2 * * * * d\ntz=Asia/Kolkata * * * * * e")
+    sched = Scheduler(js, utc(2028, 1, 1, 10))
+    assert len(sched) == 5
+    runs = sched.pop_due(utc(2028, 1, 1, 10, 2))
+    assert [(r.scheduled_for.minute, r.job.command) for r in runs] == [
+        (1, "a"),
+        (1, "c"),
+        (1, "e"),
+        (2, "a"),
+        (2, "b"),
+        (2, "c"),
+        (2, "d"),
+        (2, "e"),
+    ]
+    assert sched.pop_due(utc(2028, 1, 1, 10, 2)) == []
+    assert [r.job.command for r in sched.pop_due(utc(2028, 1, 1, 10, 3))] == ["a", "c", "e"]
+
+
+def test_jobs_sharing_a_schedule_resume_each_from_its_own_instant():
+    js = jobs("name=a * * * * * x\nname=b * * * * * x\nname=c * * * * * x")
+    resume = {"b": utc(2028, 1, 1, 10, 2)}  # b already dispatched 10:01 and 10:02
+    sched = Scheduler(js, utc(2028, 1, 1, 10), resume_from=resume)
+    runs = sched.pop_due(utc(2028, 1, 1, 10, 3))
+    assert [(r.scheduled_for.minute, r.job.name) for r in runs] == [
+        (1, "a"),
+        (1, "c"),
+        (2, "a"),
+        (2, "c"),
+        (3, "a"),
+        (3, "b"),
+        (3, "c"),
+    ]
+
+
+def test_runs_between_gives_every_job_of_a_shared_schedule_its_runs():
+    js = jobs("@hourly a\n30 * * * * b\n0 * * * * c")
+    runs = runs_between(js, utc(2028, 5, 1, 10), utc(2028, 5, 1, 12))
+    assert [(r.scheduled_for.hour, r.scheduled_for.minute, r.job.command) for r in runs] == [
+        (10, 0, "a"),
+        (10, 0, "c"),
+        (10, 30, "b"),
+        (11, 0, "a"),
+        (11, 0, "c"),
+        (11, 30, "b"),
+    ]
