@@ -42,6 +42,7 @@ TXN_TIMEOUT_S = 30.0
 TXN_ATTEMPTS = 5
 # How long the state topic must stay quiet before its end is taken as reached.
 STATE_QUIET_S = 1.5
+STATE_BATCH = 1000  # state records read per call
 
 Clock = Callable[[], datetime]
 
@@ -217,13 +218,19 @@ def transactional_id(settings: Settings, producer_id: str) -> str:
     return f"kcron-producer.{settings.topic}.{producer_id}"
 
 
-def read_state(settings: Settings, state_topic: str, producer_id: str) -> dict[str, datetime]:
+def read_state(
+    settings: Settings,
+    state_topic: str,
+    producer_id: str,
+    keep_alive: Callable[[], None] | None = None,
+) -> dict[str, datetime]:
     """Last dispatched ``scheduled_for`` per job of this producer id.
 
     Reads the compacted state topic from the start until it has been quiet for
     a moment. High watermarks would say where the end is, but some
     Kafka-compatible brokers report them wrongly, and a state read that stops
-    early would dispatch runs twice.
+    early would dispatch runs twice. ``keep_alive`` is called between batches:
+    a big state takes seconds to read, and the elector must keep polling.
     """
     prefix = f"{producer_id}/".encode()
     reader = Consumer(kafka.state_reader_config(settings))
@@ -232,19 +239,22 @@ def read_state(settings: Settings, state_topic: str, producer_id: str) -> dict[s
         reader.assign([TopicPartition(state_topic, 0, OFFSET_BEGINNING)])
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < STATE_QUIET_S:
-            record = reader.poll(0.1)
-            if record is None or record.error() is not None:
-                continue
-            quiet_since = time.monotonic()
-            key = record.key() or b""
-            if not key.startswith(prefix):
-                continue
-            decoded = misfire.decode_state(record.value())
-            job_name = key[len(prefix) :].decode(errors="replace")
-            if decoded is None:
-                state.pop(job_name, None)
-            else:
-                state[job_name] = decoded[1]
+            if keep_alive is not None:
+                keep_alive()
+            records = reader.consume(STATE_BATCH, 0.1)
+            for record in records:
+                if record.error() is not None:
+                    continue
+                quiet_since = time.monotonic()
+                key = record.key() or b""
+                if not key.startswith(prefix):
+                    continue
+                decoded = misfire.decode_state(record.value())
+                job_name = key[len(prefix) :].decode(errors="replace")
+                if decoded is None:
+                    state.pop(job_name, None)
+                else:
+                    state[job_name] = decoded[1]
     finally:
         reader.close()
     return state
@@ -353,11 +363,17 @@ class ProducerService:
                 if elector.changed:
                     elector.changed = False
                     if elector.active:
+                        if dispatcher is not None:  # lost and regained during a take-over
+                            dispatcher.close()
                         dispatcher = TransactionalDispatcher(
                             settings, self._producer_id, state_topic, metrics
                         )
-                        scheduler, pending = self._take_over(jobs, state_topic, rebooted)
+                        scheduler, pending = self._take_over(jobs, state_topic, rebooted, elector)
                         rebooted = True
+                        if elector.changed:
+                            # The role changed while taking over (the take-over keeps
+                            # polling the elector): act on that before dispatching.
+                            continue
                     else:
                         log.warning("lost the active role; standing by")
                         if dispatcher is not None:
@@ -406,13 +422,20 @@ class ProducerService:
         return 0
 
     def _take_over(
-        self, jobs: Sequence[Job], state_topic: str, rebooted: bool
+        self, jobs: Sequence[Job], state_topic: str, rebooted: bool, elector: _Elector
     ) -> tuple[Scheduler, list[Run]]:
-        """Become the active producer: resume from the recorded state, apply the misfire policy."""
+        """Become the active producer: resume from the recorded state, apply the misfire policy.
+
+        Polls the elector between the steps (they take seconds with a big job
+        file or state): a member that stops polling for max.poll.interval.ms
+        leaves the group and so gives up the role it is taking.
+        """
         settings = self._settings
-        last = read_state(settings, state_topic, self._producer_id)
+        last = read_state(settings, state_topic, self._producer_id, keep_alive=elector.poll)
+        elector.poll()
         now = self._clock()
         decided = misfire.plan(jobs, last, now, self._policy, self._grace, settings.tz)
+        elector.poll()
         for job_name, count in decided.skipped.items():
             log.warning(
                 "missed runs skipped",
@@ -423,6 +446,7 @@ class ProducerService:
         if not rebooted:
             pending.extend(Run(now, job) for job in jobs if job.is_reboot)
         scheduler = Scheduler(jobs, now, settings.tz, resume_from=decided.resume_from)
+        elector.poll()
         log.info(
             "became the active producer",
             extra=fields(
