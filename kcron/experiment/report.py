@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kcron import __version__
 from kcron.experiment.runner import (
+    CONCURRENCY,
     FAST_COMMAND,
     REPORT_NAME,
     SESSION_TIMEOUT_MS,
@@ -291,7 +292,8 @@ def render_report(
         f"- kcron {__version__}, Python {platform.python_version()}, {platform.system()} "
         f"{platform.machine()}, {os.cpu_count()} CPUs; took {elapsed_s:.0f} s",
         f"- Each case: a fresh topic with P partitions, C `kcron consume` workers in a new group "
-        f"(concurrency 1, session timeout {SESSION_TIMEOUT_MS} ms), a backfill of {runs} runs of "
+        f"(concurrency {CONCURRENCY}, session timeout {SESSION_TIMEOUT_MS} ms), "
+        f"a backfill of {runs} runs of "
         f"`{job_line(FAST_COMMAND)}` (one a minute from "
         f"{WINDOW_START.strftime('%Y-%m-%dT%H:%MZ')}), each keyed by a fresh UUID. The stopped-"
         f"worker case runs `{SLOW_COMMAND}` so that runs are in flight when SIGTERM arrives.",

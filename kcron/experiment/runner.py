@@ -48,6 +48,9 @@ SLOW_COMMAND = "sleep 0.05"
 SESSION_TIMEOUT_MS = 6000
 FETCH_WAIT_MAX_MS = 20
 GRACE_S = 10
+# One run at a time per worker, so a worker's run count is its share of the
+# partitions' runs, and a stop catches at most one run in flight.
+CONCURRENCY = 1
 STABLE_TIMEOUT_S = 60.0
 # After the last expected run, how long to keep watching for a duplicate.
 SETTLE_S = 1.0
@@ -245,6 +248,7 @@ def worker_env(
         KCRON_LOG_FORMAT="json",
         KCRON_LOG_LEVEL="INFO",
         KCRON_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
+        KCRON_CONCURRENCY=str(CONCURRENCY),
         KCRON_FETCH_WAIT_MAX_MS=str(FETCH_WAIT_MAX_MS),
         KCRON_GRACE=str(GRACE_S),
         PYTHONUNBUFFERED="1",
