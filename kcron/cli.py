@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import click
@@ -22,6 +22,7 @@ from kcron.experiment import experiment_group
 from kcron.log import configure, fields
 from kcron.message import format_time
 from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
+from kcron.when import parse_when
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("kcron.cli")
@@ -281,17 +282,14 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     "--misfire",
     env="MISFIRE",
     type=click.Choice([p.value for p in misfire.Policy]),
-    default=misfire.Policy.ONCE.value,
-    show_default=True,
-    help="Ticks missed while no producer ran: skip them, run the latest once, or run all.",
+    help="Ticks missed while no producer ran: skip them, run the latest once, or run all."
+    "  [default: once]",
 )
 @_option(
     "--misfire-grace",
     env="MISFIRE_GRACE",
-    default="1h",
-    show_default=True,
     metavar="DURATION",
-    help="Ticks missed by longer than this are skipped (and logged).",
+    help="Ticks missed by longer than this are skipped (and logged).  [default: 1h]",
 )
 @metrics_options
 @common_options
@@ -306,17 +304,14 @@ def produce(jobs: str, **values: Any) -> None:
     """
     from kcron.producer import ProducerService
 
-    producer_id = values.pop("producer_id")
-    policy = misfire.Policy(values.pop("misfire"))
     grace_text = values.pop("misfire_grace")
-    try:
-        grace = timedelta(seconds=jobfile.parse_duration(grace_text))
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--misfire-grace") from None
+    if grace_text is not None:
+        try:
+            values["misfire_grace_s"] = jobfile.parse_duration(grace_text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--misfire-grace") from None
     settings = build_settings("produce", values)
-    service = ProducerService(
-        settings, jobs, producer_id=producer_id, misfire_policy=policy, misfire_grace=grace
-    )
+    service = ProducerService(settings, jobs)
     sys.exit(service.run())
 
 
@@ -347,8 +342,8 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     now = datetime.now(UTC)
     try:
         window = (
-            producer.parse_when(start, now, settings.tz),
-            producer.parse_when(end, now, settings.tz),
+            parse_when(start, now, settings.tz),
+            parse_when(end, now, settings.tz),
         )
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

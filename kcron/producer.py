@@ -299,16 +299,13 @@ class ProducerService:
         settings: Settings,
         jobs_path: str,
         clock: Clock = utc_now,
-        producer_id: str | None = None,
-        misfire_policy: misfire.Policy = misfire.Policy.ONCE,
-        misfire_grace: timedelta = timedelta(hours=1),
     ) -> None:
         self._settings = settings
         self._path = Path(jobs_path)
         self._clock = clock
-        self._producer_id = producer_id or default_producer_id(jobs_path)
-        self._policy = misfire_policy
-        self._grace = misfire_grace
+        self._producer_id = settings.producer_id or default_producer_id(jobs_path)
+        self._policy = misfire.Policy(settings.misfire)
+        self._grace = timedelta(seconds=settings.misfire_grace_s)
         self._stop = False
         self._reload = False
         self._wake = threading.Event()
@@ -528,23 +525,3 @@ def backfill(
     if left or dispatcher.failed:
         raise BrokerError(f"{left + dispatcher.failed} of {count} runs were not delivered")
     return count
-
-
-def parse_when(text: str, now: datetime, default_tz: object = UTC) -> datetime:
-    """``now``, ``now-2h``, ``-30m``, ``+1d`` or an ISO 8601 time (naive = default zone)."""
-    value = text.strip()
-    if value.startswith("now"):
-        value = value[3:] or "+0s"
-    if value[:1] in "+-":
-        sign = -1 if value[0] == "-" else 1
-        seconds = jobfile.parse_duration(value[1:]) if value[1:] not in ("0s", "0") else 0.0
-        return now + sign * timedelta(seconds=seconds)
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(
-            f"'{text}' is not a time: use ISO 8601 (2026-11-28T09:00), now, now-1h or -30m"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=default_tz)  # type: ignore[arg-type]
-    return moment.astimezone(UTC)

@@ -20,6 +20,7 @@ from kcron.errors import ConfigError
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+MISFIRE_POLICIES = ("skip", "once", "all")  # the values of kcron.misfire.Policy
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,13 @@ class Settings:
     # Send each run this long before it is due; the worker holds it until
     # scheduled_for, so Kafka's latency is not added to the start time.
     dispatch_ahead_s: float = 1.0
+    # Producers with the same id elect one active producer and share its
+    # dispatch state; None means the job file's name (kcron/producer.py).
+    producer_id: str | None = None
+    # Ticks missed while no producer ran (kcron/misfire.py): skip, once, all.
+    misfire: str = "once"
+    # Missed ticks older than this are skipped, and logged.
+    misfire_grace_s: float = 3600.0
 
     # consumer
     group: str = "kcron"
@@ -90,6 +98,10 @@ class Settings:
             problems.append("grace must be >= 0 and watch interval > 0")
         if not 0 < self.retry_base_s <= self.retry_cap_s:
             problems.append("retry base must be > 0 and at most the retry cap")
+        if self.misfire not in MISFIRE_POLICIES:
+            problems.append(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}")
+        if self.misfire_grace_s < 0:
+            problems.append("misfire grace must be >= 0")
         if not 0 <= self.dispatch_ahead_s <= 30:
             problems.append("dispatch-ahead must be between 0 and 30 seconds")
         try:
