@@ -2,166 +2,38 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import os
 import signal
 import sys
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from kcron import __version__, jobfile, misfire, schedule
-from kcron.deadletter import build_dlq_group
-from kcron.errors import ExitCode, JobFileError, KcronError
+from kcron.cli_dlq import dlq
+from kcron.errors import ExitCode
 from kcron.experiment import experiment_group
 from kcron.log import configure, fields
 from kcron.message import format_time
-from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
+from kcron.options import (
+    build_settings,
+    common_options,
+    handle_errors,
+    metrics_options,
+    option,
+    partitions_option,
+    schedule_options,
+    session_timeout_option,
+    setting,
+)
+from kcron.settings import Settings
 from kcron.when import parse_when
 
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("kcron.cli")
 _CHECK_ECHO_LINES = 5000
-
-
-def _option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
-    return click.option(*names, envvar=f"KCRON_{env}", show_envvar=True, **kwargs)
-
-
-def common_options(func: F) -> F:
-    """Options every Kafka-facing command shares."""
-    decorators = [
-        _option(
-            "--bootstrap-servers",
-            env="BOOTSTRAP_SERVERS",
-            metavar="HOST:PORT[,...]",
-            help="Kafka bootstrap servers.  [default: 127.0.0.1:9092]",
-        ),
-        _option("--topic", env="TOPIC", help="Topic that carries runs.  [default: kcron.jobs]"),
-        _option(
-            "-X",
-            "--kafka-option",
-            "kafka_options",
-            env="KAFKA_OPTIONS",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Extra librdkafka property, e.g. -X security.protocol=SASL_SSL. Repeatable; "
-            "in the env var, separate with spaces.",
-        ),
-        _option(
-            "--log-format",
-            env="LOG_FORMAT",
-            type=click.Choice(LOG_FORMATS),
-            help="Log as text lines or JSON objects.  [default: text]",
-        ),
-        _option(
-            "--log-level",
-            env="LOG_LEVEL",
-            type=click.Choice(LOG_LEVELS, case_sensitive=False),
-            help="Minimum level to log.  [default: INFO]",
-        ),
-        _option(
-            "--instance",
-            env="INSTANCE",
-            help="Name on every log line.  [default: supervisord's process name, else COMMAND-PID]",
-        ),
-    ]
-    for decorate in reversed(decorators):
-        func = decorate(func)
-    return func
-
-
-def metrics_options(func: F) -> F:
-    func = _option(
-        "--metrics-addr",
-        env="METRICS_ADDR",
-        help="Address for --metrics-port (0.0.0.0 in a container).  [default: 127.0.0.1]",
-    )(func)
-    return _option(
-        "--metrics-port",
-        env="METRICS_PORT",
-        type=click.IntRange(1, 65535),
-        help="Serve Prometheus metrics on this port.  [default: off]",
-    )(func)
-
-
-def partitions_option(func: F) -> F:
-    return _option(
-        "--partitions",
-        env="PARTITIONS",
-        type=click.IntRange(1),
-        help="Partitions when creating the topic.  [default: 2]",
-    )(func)
-
-
-def schedule_options(func: F) -> F:
-    """The job file and how its topic is created: shared by produce and backfill."""
-    func = _option(
-        "--timezone", env="TIMEZONE", help="Zone the schedules are evaluated in.  [default: UTC]"
-    )(func)
-    func = _option(
-        "--replication-factor",
-        env="REPLICATION_FACTOR",
-        type=click.IntRange(1),
-        help="Replication factor when creating the topic.  [default: 1]",
-    )(func)
-    func = partitions_option(func)
-    return click.option(
-        "--jobs",
-        envvar="KCRON_JOBS",
-        show_envvar=True,
-        required=True,
-        type=click.Path(dir_okay=False, path_type=str),
-        help="The job file.",
-    )(func)
-
-
-def _parse_kafka_options(values: tuple[str, ...] | None) -> tuple[tuple[str, str], ...] | None:
-    if not values:
-        return None
-    pairs = []
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"'{value}' is not KEY=VALUE", param_hint="-X/--kafka-option")
-        pairs.append((key.strip(), val))
-    return tuple(pairs)
-
-
-def build_settings(command: str, values: dict[str, Any]) -> Settings:
-    """Defaults < env < flags, resolved once; then logging is configured from it."""
-    values = dict(values)
-    values["kafka_options"] = _parse_kafka_options(values.get("kafka_options"))
-    if not values.get("instance"):
-        values["instance"] = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{command}-{os.getpid()}"
-    settings = Settings.from_values(values)
-    configure(settings.log_format, settings.log_level, settings.instance)
-    return settings
-
-
-def handle_errors(func: F) -> F:
-    """Turn kcron's errors into a clear message and a named exit code."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except JobFileError as exc:
-            for err in exc.errors:
-                click.echo(str(err), err=True)
-            count = len(exc.errors)
-            click.echo(f"kcron: {count} error{'s' if count != 1 else ''} in job file", err=True)
-            sys.exit(exc.exit_code)
-        except KcronError as exc:
-            click.echo(f"kcron: error: {exc}", err=True)
-            sys.exit(exc.exit_code)
-
-    return wrapper  # type: ignore[return-value]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -176,7 +48,7 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("jobs", type=click.Path(dir_okay=False, path_type=str), envvar="KCRON_JOBS")
-@_option(
+@option(
     "--count",
     env="CHECK_COUNT",
     type=click.IntRange(0, 100),
@@ -184,14 +56,14 @@ def cli() -> None:
     show_default=True,
     help="How many upcoming run times to show per job.",
 )
-@_option(
+@option(
     "--timezone",
     env="TIMEZONE",
     default="UTC",
     show_default=True,
     help="Zone the schedules are evaluated in (jobs may override with tz=).",
 )
-@_option(
+@option(
     "--format",
     "output",
     env="CHECK_FORMAT",
@@ -256,40 +128,41 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
 
 @cli.command()
 @schedule_options
-@_option(
+@setting(
     "--dispatch-ahead",
     "dispatch_ahead_s",
+    field="dispatch_ahead_s",
     env="DISPATCH_AHEAD",
     type=click.FloatRange(0, 30),
     help="Send runs this many seconds early; workers hold them until they are due, so "
-    "broker latency does not delay the start. 0 sends at the due time.  [default: 1]",
+    "broker latency does not delay the start. 0 sends at the due time.",
 )
-@_option(
-    "--session-timeout-ms",
-    env="SESSION_TIMEOUT_MS",
-    type=click.IntRange(1),
-    help="Session of the producers' election group: how long a crashed active producer "
-    "holds its role before a standby takes over.  [default: 45000]",
+@session_timeout_option(
+    "Session of the producers' election group: how long a crashed active producer "
+    "holds its role before a standby takes over."
 )
-@_option(
+@setting(
     "--producer-id",
+    field="producer_id",
     env="PRODUCER_ID",
     help="Identity of this job set: producers with the same id elect one active producer "
-    "and fence any other; its dispatch state is kept under this id.  [default: the job "
-    "file's name]",
+    "and fence any other; its dispatch state is kept under this id.",
+    default_text="the job file's name",
 )
-@_option(
+@setting(
     "--misfire",
+    field="misfire",
     env="MISFIRE",
     type=click.Choice([p.value for p in misfire.Policy]),
-    help="Ticks missed while no producer ran: skip them, run the latest once, or run all."
-    "  [default: once]",
+    help="Ticks missed while no producer ran: skip them, run the latest once, or run all.",
 )
-@_option(
+@setting(
     "--misfire-grace",
+    field="misfire_grace_s",
     env="MISFIRE_GRACE",
     metavar="DURATION",
-    help="Ticks missed by longer than this are skipped (and logged).  [default: 1h]",
+    help="Ticks missed by longer than this are skipped (and logged).",
+    default_text="1h",
 )
 @metrics_options
 @common_options
@@ -379,64 +252,68 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
 
 
 @cli.command()
-@_option(
+@setting(
     "--group",
+    field="group",
     env="GROUP",
-    help="Consumer group; workers in one group share the runs.  [default: kcron]",
+    help="Consumer group; workers in one group share the runs.",
 )
-@_option(
+@setting(
     "--concurrency",
+    field="concurrency",
     env="CONCURRENCY",
     type=click.IntRange(1),
-    help="Runs executed at once by this worker.  [default: 8]",
+    help="Runs executed at once by this worker.",
 )
-@_option(
+@setting(
     "--prefetch",
+    field="prefetch",
     env="PREFETCH",
     type=click.IntRange(1),
     help="Runs taken from one partition ahead of running them (queued, held until due "
-    "or waiting to retry) before fetching pauses.  [default: 1000]",
+    "or waiting to retry) before fetching pauses.",
 )
-@_option(
+@setting(
     "--grace",
     "grace_s",
+    field="grace_s",
     env="GRACE",
     type=click.FloatRange(0),
-    help="Seconds running jobs get to finish on SIGTERM or rebalance.  [default: 30]",
+    help="Seconds running jobs get to finish on SIGTERM or rebalance; a second signal "
+    "stops at once.",
 )
-@_option(
+@setting(
     "--max-output-bytes",
+    field="max_output_bytes",
     env="MAX_OUTPUT_BYTES",
     type=click.IntRange(1),
-    help="Output logged per run; the rest is counted, not kept.  [default: 1048576]",
+    help="Output logged per run; the rest is counted, not kept.",
 )
-@_option(
-    "--session-timeout-ms",
-    env="SESSION_TIMEOUT_MS",
-    type=click.IntRange(1),
-    help="Group session timeout.  [default: 45000]",
-)
-@_option(
+@session_timeout_option("Group session timeout.")
+@setting(
     "--fetch-wait-max-ms",
+    field="fetch_wait_max_ms",
     env="FETCH_WAIT_MAX_MS",
     type=click.IntRange(1),
-    help="Longest idle fetch wait.  [default: 100]",
+    help="Longest idle fetch wait.",
 )
 @partitions_option
-@_option(
+@setting(
     "--retry-base",
     "retry_base_s",
+    field="retry_base_s",
     env="RETRY_BASE",
     type=click.FloatRange(0, min_open=True),
     help="Backoff before the 2nd attempt of a failed run, in seconds; it doubles for each "
-    "further attempt (half of it jittered).  [default: 10]",
+    "further attempt (half of it jittered).",
 )
-@_option(
+@setting(
     "--retry-cap",
     "retry_cap_s",
+    field="retry_cap_s",
     env="RETRY_CAP",
     type=click.FloatRange(0, min_open=True),
-    help="Longest backoff between attempts, in seconds.  [default: 300]",
+    help="Longest backoff between attempts, in seconds.",
 )
 @metrics_options
 @common_options
@@ -454,14 +331,14 @@ def consume(**values: Any) -> None:
 
 
 @cli.command()
-@_option(
+@option(
     "--host",
     env="BROKER_HOST",
     default="127.0.0.1",
     show_default=True,
     help="Address to listen on.",
 )
-@_option(
+@option(
     "--port",
     env="BROKER_PORT",
     type=click.IntRange(1, 65535),
@@ -501,7 +378,7 @@ def broker(host: str, port: int) -> None:
 
 
 cli.add_command(experiment_group)
-cli.add_command(build_dlq_group())
+cli.add_command(dlq)
 
 
 def main() -> None:

@@ -8,14 +8,11 @@ some Kafka-compatible dev brokers report wrongly.
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import click
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -27,7 +24,6 @@ from confluent_kafka import (
 
 from kcron import kafka, retry
 from kcron.errors import BrokerError, DeadLetterNotFound, NothingToRequeue
-from kcron.log import configure
 from kcron.message import RunMessage
 from kcron.retry import DeadLetter, Source, read_dead_letter
 from kcron.settings import Settings
@@ -162,83 +158,8 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     )
 
 
-def _record_for_json(letter: DeadLetter) -> dict[str, Any]:
+def record_for_json(letter: DeadLetter) -> dict[str, Any]:
     doc = dict(letter.record)
     if letter.source is not None:
         doc["dlq_offset"] = letter.source.offset
     return doc
-
-
-def build_dlq_group() -> click.Group:
-    """The ``kcron dlq`` group; built on demand so this module never imports cli.py
-    at import time (cli.py imports this one)."""
-    from kcron.cli import _option, build_settings, common_options, handle_errors
-
-    def settings_for(command: str, values: dict[str, Any]) -> Settings:
-        settings = build_settings(command, values)
-        # stdout is for the listing (and --json); logs go to stderr.
-        configure(settings.log_format, settings.log_level, settings.instance, stream=sys.stderr)
-        return settings
-
-    idle_option = _option(
-        "--idle",
-        "idle_s",
-        env="DLQ_IDLE",
-        type=click.FloatRange(0.1),
-        default=DEFAULT_IDLE_S,
-        show_default=True,
-        help="Stop reading once nothing has arrived for this many seconds.",
-    )
-
-    @click.group("dlq")
-    def dlq() -> None:
-        """Dead letters: runs that failed for good, and messages that were not runs.
-
-        They live in the topic <topic>.dlq, one JSON record each: reason, exit
-        code, the tail of the output, every attempt's times, and the run itself
-        (or, for an undecodable message, its raw bytes in base64).
-        """
-
-    @dlq.command("list")
-    @click.option("--json", "as_json", is_flag=True, help="Print the records as a JSON array.")
-    @click.option(
-        "--limit", type=click.IntRange(1), help="Show only the N most recent dead letters."
-    )
-    @idle_option
-    @common_options
-    @handle_errors
-    def list_command(as_json: bool, limit: int | None, idle_s: float, **values: Any) -> None:
-        """List the dead letters, oldest first."""
-        settings = settings_for("dlq-list", values)
-        letters = read_dead_letters(settings, idle_s)
-        total = len(letters)
-        if limit is not None:
-            letters = letters[-limit:]
-        if as_json:
-            click.echo(json.dumps([_record_for_json(x) for x in letters], indent=2))
-            return
-        if letters:
-            click.echo(format_table(table_rows(letters)))
-        shown = f"{len(letters)} of {total}" if len(letters) != total else str(total)
-        noun = "dead letter" if total == 1 else "dead letters"
-        click.echo(f"{shown} {noun} in {retry.dlq_topic(settings.topic)}", err=True)
-
-    @dlq.command("requeue")
-    @click.argument("run_id")
-    @idle_option
-    @common_options
-    @handle_errors
-    def requeue_command(run_id: str, idle_s: float, **values: Any) -> None:
-        """Send dead run RUN_ID back to the topic as attempt 1 (history kept).
-
-        Exits 66 if no dead letter has that id, 65 if it is an undecodable
-        message (there is no run to send back).
-        """
-        settings = settings_for("dlq-requeue", values)
-        fresh, letter = requeue(settings, run_id, idle_s)
-        click.echo(
-            f"requeued run {fresh.id} (job {fresh.job}, dead at {letter.dead_at}) to "
-            f"{settings.topic} as attempt 1 of {fresh.max_attempts}"
-        )
-
-    return dlq

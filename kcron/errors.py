@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 
 class ExitCode(enum.IntEnum):
+    """Named by what went wrong (sysexits.h), not by which command saw it."""
+
     OK = 0
     FAILURE = 1
     USAGE = 2  # click's own code for bad command-line usage
-    JOBFILE = 65  # EX_DATAERR: the job file has errors
-    NO_INPUT = 66  # EX_NOINPUT: a file could not be read
-    UNAVAILABLE = 69  # EX_UNAVAILABLE: broker or embedded broker not reachable
+    DATAERR = 65  # EX_DATAERR: bad input data: a job file with errors, a dead letter with no run
+    NOINPUT = 66  # EX_NOINPUT: a file, or a dead letter, that is not there
+    UNAVAILABLE = 69  # EX_UNAVAILABLE: broker unreachable, or lacking a feature kcron needs
     TEMPFAIL = 75  # EX_TEMPFAIL: fenced by a newer producer; safe to restart as a standby
     CONFIG = 78  # EX_CONFIG: invalid settings
 
@@ -42,20 +44,24 @@ class FencedError(KcronError):
     exit_code = ExitCode.TEMPFAIL
 
 
+class UnsupportedByBroker(BrokerError):
+    """The broker does not implement a request kcron asked for (e.g. CreatePartitions)."""
+
+
 class InputFileError(KcronError):
-    exit_code = ExitCode.NO_INPUT
+    exit_code = ExitCode.NOINPUT
 
 
 class DeadLetterNotFound(KcronError):
     """``kcron dlq requeue`` was given an id the dead-letter topic does not hold."""
 
-    exit_code = ExitCode.NO_INPUT
+    exit_code = ExitCode.NOINPUT
 
 
 class NothingToRequeue(KcronError):
     """The dead letter holds no run (an undecodable message): there is nothing to send back."""
 
-    exit_code = ExitCode.JOBFILE  # 65, EX_DATAERR: the input data is bad
+    exit_code = ExitCode.DATAERR
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,7 @@ class LineError:
 class JobFileError(KcronError):
     """A job file with one or more invalid lines; carries every one of them."""
 
-    exit_code = ExitCode.JOBFILE
+    exit_code = ExitCode.DATAERR
 
     def __init__(self, errors: Sequence[LineError]) -> None:
         self.errors = tuple(errors)
@@ -85,8 +91,8 @@ class JobFileError(KcronError):
 class DecodeError(KcronError):
     """A Kafka message that is not a valid run message.
 
-    Keeps the raw bytes so the consumer can log an excerpt (and a later
-    dead-letter topic can keep the message whole).
+    Keeps the raw bytes so the worker can log an excerpt and the dead letter
+    can keep the message whole.
     """
 
     def __init__(self, reason: str, raw: bytes) -> None:

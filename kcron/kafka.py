@@ -14,7 +14,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     NewTopic,
 )
 
-from kcron.errors import BrokerError
+from kcron.errors import BrokerError, UnsupportedByBroker
 from kcron.log import fields
 from kcron.retry import dlq_topic, retry_topic
 from kcron.settings import Settings
@@ -230,10 +230,6 @@ def ensure_worker_topics(settings: Settings) -> None:
 def topic_partitions(settings: Settings, topic: str) -> int | None:
     """The partition count of ``topic``, or None if it does not exist."""
     return _partition_count(admin_client(settings), topic)
-
-
-class UnsupportedByBroker(BrokerError):
-    """The broker does not implement a request kcron asked for (e.g. CreatePartitions)."""
 
 
 _UNSUPPORTED_CODES = (KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION)

@@ -73,6 +73,10 @@ class Settings:
     retry_base_s: float = 10.0
     retry_cap_s: float = 300.0
 
+    # Commands that read a topic to its end (kcron dlq) stop once nothing has
+    # arrived for this long: the end is found by reading, not from watermarks.
+    read_idle_s: float = 2.0
+
     def __post_init__(self) -> None:
         problems: list[str] = []
         if self.log_format not in LOG_FORMATS:
@@ -96,6 +100,8 @@ class Settings:
                 problems.append(f"{name.replace('_', '-')} must be at least 1")
         if self.grace_s < 0 or self.watch_interval_s <= 0:
             problems.append("grace must be >= 0 and watch interval > 0")
+        if self.read_idle_s < 0.1:
+            problems.append("idle must be at least 0.1 seconds")
         if not 0 < self.retry_base_s <= self.retry_cap_s:
             problems.append("retry base must be > 0 and at most the retry cap")
         if self.misfire not in MISFIRE_POLICIES:

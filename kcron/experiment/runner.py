@@ -698,7 +698,7 @@ def run_experiment(
 ) -> list[Row]:
     """Every case in order on one broker; a case that cannot run becomes a row saying why."""
     from kcron import kafka
-    from kcron.kafka import UnsupportedByBroker
+    from kcron.errors import UnsupportedByBroker
 
     # An unreachable broker fails once, here, instead of once per case.
     kafka.wait_for_broker(_settings(bootstrap, "unused", 1, kafka_options))

@@ -36,7 +36,7 @@ def write(tmp_path: Path, text: str, name: str = "jobs.cron") -> Path:
 def test_check_lists_every_error_with_file_and_line(runner: CliRunner, tmp_path: Path) -> None:
     path = write(tmp_path, FIVE_ERRORS)
     result = runner.invoke(cli, ["check", str(path)])
-    assert result.exit_code == ExitCode.JOBFILE == 65
+    assert result.exit_code == ExitCode.DATAERR == 65
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith(f"{path}:")]
     assert [int(ln.split(":")[1]) for ln in lines] == [2, 3, 4, 5, 6]
     assert "0-59" in lines[0]
@@ -92,7 +92,7 @@ def test_check_reads_the_timezone_from_env_and_the_flag_wins(
 
 def test_missing_job_file_is_a_clear_error(runner: CliRunner, tmp_path: Path) -> None:
     result = runner.invoke(cli, ["check", str(tmp_path / "nope.cron")])
-    assert result.exit_code == ExitCode.NO_INPUT
+    assert result.exit_code == ExitCode.NOINPUT
     assert "no such job file" in result.stderr
     assert "Traceback" not in result.output
 

@@ -575,7 +575,7 @@ def test_every_bad_line_is_reported_at_once():
     exc = info.value
     assert [e.line for e in exc.errors] == [3, 4, 6, 8, 10]
     assert all(e.file == FILE for e in exc.errors)
-    assert exc.exit_code == ExitCode.JOBFILE == 65
+    assert exc.exit_code == ExitCode.DATAERR == 65
     message = str(exc)
     assert message.splitlines()[0] == "5 errors in job file"
     assert [line.split(":")[1] for line in message.splitlines()[1:]] == ["3", "4", "6", "8", "10"]
@@ -624,14 +624,14 @@ def test_load_missing_file(tmp_path: Path):
     with pytest.raises(InputFileError) as info:
         jobfile.load(path)
     assert str(info.value) == f"{path}: no such job file"
-    assert info.value.exit_code == ExitCode.NO_INPUT == 66
+    assert info.value.exit_code == ExitCode.NOINPUT == 66
 
 
 def test_load_directory(tmp_path: Path):
     with pytest.raises(InputFileError) as info:
         jobfile.load(tmp_path)
     assert str(info.value) == f"{tmp_path}: is a directory, not a job file"
-    assert info.value.exit_code == ExitCode.NO_INPUT
+    assert info.value.exit_code == ExitCode.NOINPUT
 
 
 def test_load_too_large(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -1,0 +1,219 @@
+"""The command line's shared pieces: options, settings, error handling.
+
+Every command module builds on this one and nothing here imports a command,
+so there is no cycle. Each option that sets a `Settings` field shows that
+field's default in its help, read from `Settings` itself: the default lives in
+one place. Options default to None so that `Settings.from_values` can tell
+"not given" from a value and fill in its own default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from kcron.errors import JobFileError, KcronError
+from kcron.log import configure
+from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
+    """A click option that also reads ``KCRON_<env>``."""
+    return click.option(*names, envvar=f"KCRON_{env}", show_envvar=True, **kwargs)
+
+
+def setting_default(field: str) -> Any:
+    for f in dataclasses.fields(Settings):
+        if f.name == field:
+            return f.default
+    raise KeyError(field)
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def setting(
+    *names: str, field: str, env: str, help: str, default_text: str | None = None, **kwargs: Any
+) -> Callable[[F], F]:
+    """An option for Settings.FIELD, its help ending with the field's default."""
+    shown = default_text if default_text is not None else _shown(setting_default(field))
+    return option(*names, env=env, help=f"{help}  [default: {shown}]", **kwargs)
+
+
+def common_options(func: F) -> F:
+    """Options every Kafka-facing command shares."""
+    decorators = [
+        setting(
+            "--bootstrap-servers",
+            field="bootstrap_servers",
+            env="BOOTSTRAP_SERVERS",
+            metavar="HOST:PORT[,...]",
+            help="Kafka bootstrap servers.",
+        ),
+        setting("--topic", field="topic", env="TOPIC", help="Topic that carries runs."),
+        option(
+            "-X",
+            "--kafka-option",
+            "kafka_options",
+            env="KAFKA_OPTIONS",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Extra librdkafka property, e.g. -X security.protocol=SASL_SSL. Repeatable; "
+            "in the env var, separate with spaces.",
+        ),
+        setting(
+            "--log-format",
+            field="log_format",
+            env="LOG_FORMAT",
+            type=click.Choice(LOG_FORMATS),
+            help="Log as text lines or JSON objects.",
+        ),
+        setting(
+            "--log-level",
+            field="log_level",
+            env="LOG_LEVEL",
+            type=click.Choice(LOG_LEVELS, case_sensitive=False),
+            help="Minimum level to log.",
+        ),
+        setting(
+            "--instance",
+            field="instance",
+            env="INSTANCE",
+            help="Name on every log line.",
+            default_text="supervisord's process name, else COMMAND-PID",
+        ),
+    ]
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+def metrics_options(func: F) -> F:
+    func = setting(
+        "--metrics-addr",
+        field="metrics_addr",
+        env="METRICS_ADDR",
+        help="Address for --metrics-port (0.0.0.0 in a container).",
+    )(func)
+    return setting(
+        "--metrics-port",
+        field="metrics_port",
+        env="METRICS_PORT",
+        type=click.IntRange(1, 65535),
+        help="Serve Prometheus metrics on this port.",
+    )(func)
+
+
+def partitions_option(func: F) -> F:
+    return setting(
+        "--partitions",
+        field="partitions",
+        env="PARTITIONS",
+        type=click.IntRange(1),
+        help="Partitions when creating the topic.",
+    )(func)
+
+
+def timezone_option(func: F) -> F:
+    return setting(
+        "--timezone",
+        field="timezone",
+        env="TIMEZONE",
+        help="Zone the schedules are evaluated in (jobs may override with tz=).",
+    )(func)
+
+
+def jobs_option(func: F) -> F:
+    return click.option(
+        "--jobs",
+        envvar="KCRON_JOBS",
+        show_envvar=True,
+        required=True,
+        type=click.Path(dir_okay=False, path_type=str),
+        help="The job file.",
+    )(func)
+
+
+def schedule_options(func: F) -> F:
+    """The job file and how its topic is created: shared by produce and backfill."""
+    func = timezone_option(func)
+    func = setting(
+        "--replication-factor",
+        field="replication_factor",
+        env="REPLICATION_FACTOR",
+        type=click.IntRange(1),
+        help="Replication factor when creating the topic.",
+    )(func)
+    return jobs_option(partitions_option(func))
+
+
+def session_timeout_option(help: str) -> Callable[[F], F]:
+    return setting(
+        "--session-timeout-ms",
+        field="session_timeout_ms",
+        env="SESSION_TIMEOUT_MS",
+        type=click.IntRange(1),
+        help=help,
+    )
+
+
+def parse_kafka_options(values: tuple[str, ...] | None) -> tuple[tuple[str, str], ...] | None:
+    if not values:
+        return None
+    pairs = []
+    for value in values:
+        key, sep, val = value.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"'{value}' is not KEY=VALUE", param_hint="-X/--kafka-option")
+        pairs.append((key.strip(), val))
+    return tuple(pairs)
+
+
+def build_settings(
+    command: str, values: dict[str, Any], *, log_to_stderr: bool = False
+) -> Settings:
+    """Defaults < env < flags, resolved once; then logging is configured from it.
+
+    ``log_to_stderr`` keeps stdout for a command's own output (a listing, --json).
+    """
+    values = dict(values)
+    values["kafka_options"] = parse_kafka_options(values.get("kafka_options"))
+    if not values.get("instance"):
+        values["instance"] = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{command}-{os.getpid()}"
+    settings = Settings.from_values(values)
+    stream = sys.stderr if log_to_stderr else None
+    configure(settings.log_format, settings.log_level, settings.instance, stream=stream)
+    return settings
+
+
+def handle_errors(func: F) -> F:
+    """Turn kcron's errors into a clear message and a named exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except JobFileError as exc:
+            for err in exc.errors:
+                click.echo(str(err), err=True)
+            count = len(exc.errors)
+            click.echo(f"kcron: {count} error{'s' if count != 1 else ''} in job file", err=True)
+            sys.exit(exc.exit_code)
+        except KcronError as exc:
+            click.echo(f"kcron: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
