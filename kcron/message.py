@@ -162,42 +162,48 @@ def decode(raw: bytes | None) -> RunMessage:
             f"message is {len(raw)} bytes, over the {MAX_MESSAGE_BYTES}-byte limit", raw
         )
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"not UTF-8: {exc.reason} at byte {exc.start}", raw) from None
-    except (ValueError, RecursionError) as exc:
-        raise DecodeError(f"not valid JSON: {str(exc)[:100]}", raw) from None
-    if not isinstance(data, dict):
-        raise DecodeError(f"expected a JSON object, got {type(data).__name__}", raw)
-
-    version = data.get("v")
-    if type(version) is not int:
-        raise DecodeError("missing or non-integer schema version 'v'", raw)
-    if version != SCHEMA_VERSION:
-        raise DecodeError(
-            f"unsupported schema version {version} (this worker reads {SCHEMA_VERSION})", raw
-        )
-    for key, expected in _REQUIRED.items():
-        if key not in data:
-            raise DecodeError(f"missing field '{key}'", raw)
-        value = data[key]
-        # bool is an int in Python; a JSON true must not pass as attempt=1.
-        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-            raise DecodeError(f"field '{key}' has type {_json_type(value)}", raw)
-
-    try:
+        data = _json_object(raw)
+        _check_version(data)
+        _check_types(data, _REQUIRED, "")
         return _validated(data)
     except ValueError as exc:
         raise DecodeError(str(exc), raw) from None
 
 
-def _validated(data: dict[str, Any]) -> RunMessage:
+def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        if not _UUID_RE.fullmatch(data["id"]):
-            raise ValueError
-        run_id = str(uuid.UUID(data["id"]))
-    except ValueError:
-        raise ValueError(f"field 'id': '{data['id'][:40]}' is not a UUID") from None
+        data = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON: {str(exc)[:100]}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _check_version(data: dict[str, Any]) -> None:
+    version = data.get("v")
+    if type(version) is not int:
+        raise ValueError("missing or non-integer schema version 'v'")
+    if version != SCHEMA_VERSION:
+        raise ValueError(
+            f"unsupported schema version {version} (this worker reads {SCHEMA_VERSION})"
+        )
+
+
+def _check_types(data: dict[str, Any], fields: dict[str, Any], where: str) -> None:
+    """Every field present with its JSON type; ``where`` prefixes the message."""
+    for key, expected in fields.items():
+        if key not in data:
+            raise ValueError(f"{where}missing field '{key}'")
+        value = data[key]
+        # bool is an int in Python; a JSON true must not pass as attempt=1.
+        if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+            raise ValueError(f"{where}field '{key}' has type {_json_type(value)}")
+
+
+def _validated(data: dict[str, Any]) -> RunMessage:
     if not data["job"] or not data["command"].strip():
         raise ValueError("fields 'job' and 'command' must not be empty")
     if "\0" in data["command"]:
@@ -205,41 +211,56 @@ def _validated(data: dict[str, Any]) -> RunMessage:
     attempt, max_attempts = data["attempt"], data["max_attempts"]
     if not 1 <= attempt <= max_attempts:
         raise ValueError(f"attempt {attempt} outside 1..max_attempts ({max_attempts})")
-    timeout = data["timeout_s"]
-    if timeout is not None:
-        try:
-            timeout = float(timeout)
-        except OverflowError:  # an integer too large for a float
-            timeout = math.inf
-        if not (math.isfinite(timeout) and timeout > 0):
-            raise ValueError(f"field 'timeout_s' must be a positive number or null, got {timeout}")
-    try:
-        scheduled_for = parse_time(data["scheduled_for"])
-        produced_at = parse_time(data["produced_at"])
-    except ValueError as exc:
-        raise ValueError(f"time field: {exc}") from None
-    not_before = None
-    if data.get("not_before") is not None:
-        if not isinstance(data["not_before"], str):
-            raise ValueError(f"field 'not_before' has type {_json_type(data['not_before'])}")
-        try:
-            not_before = parse_time(data["not_before"])
-        except ValueError as exc:
-            raise ValueError(f"time field: {exc}") from None
     return RunMessage(
-        id=run_id,
+        id=_run_id(data["id"]),
         job=data["job"],
         command=data["command"],
-        scheduled_for=scheduled_for,
-        produced_at=produced_at,
+        scheduled_for=_time(data["scheduled_for"], "time field: "),
+        produced_at=_time(data["produced_at"], "time field: "),
         source=data["source"],
         shell=data["shell"],
         attempt=attempt,
         max_attempts=max_attempts,
-        timeout_s=timeout,
-        not_before=not_before,
+        timeout_s=_timeout(data["timeout_s"]),
+        not_before=_not_before(data.get("not_before")),
         history=_history(data.get("history")),
     )
+
+
+def _run_id(text: str) -> str:
+    try:
+        if not _UUID_RE.fullmatch(text):
+            raise ValueError
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise ValueError(f"field 'id': '{text[:40]}' is not a UUID") from None
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        timeout = float(value)
+    except OverflowError:  # an integer too large for a float
+        timeout = math.inf
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"field 'timeout_s' must be a positive number or null, got {timeout}")
+    return timeout
+
+
+def _time(text: str, where: str) -> datetime:
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise ValueError(f"{where}{exc}") from None
+
+
+def _not_before(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"field 'not_before' has type {_json_type(value)}")
+    return _time(value, "time field: ")
 
 
 def _history(value: Any) -> tuple[Attempt, ...]:
@@ -250,30 +271,24 @@ def _history(value: Any) -> tuple[Attempt, ...]:
         raise ValueError(f"field 'history' has type {_json_type(value)}")
     if len(value) > MAX_HISTORY:
         raise ValueError(f"field 'history' has {len(value)} entries, over {MAX_HISTORY}")
-    entries = []
-    for index, item in enumerate(value):
-        where = f"history[{index}]"
-        if not isinstance(item, dict):
-            raise ValueError(f"{where} has type {_json_type(item)}")
-        for key, expected in _ATTEMPT_FIELDS.items():
-            if key not in item:
-                raise ValueError(f"{where}: missing field '{key}'")
-            field_value = item[key]
-            if not isinstance(field_value, expected) or isinstance(field_value, bool):
-                raise ValueError(f"{where}: field '{key}' has type {_json_type(field_value)}")
-        if item["attempt"] < 1:
-            raise ValueError(f"{where}: attempt {item['attempt']} is below 1")
-        if not _OUTCOME_RE.fullmatch(item["outcome"]):
-            raise ValueError(f"{where}: '{item['outcome'][:40]}' is not an outcome name")
-        try:
-            started_at = parse_time(item["started_at"])
-            finished_at = parse_time(item["finished_at"])
-        except ValueError as exc:
-            raise ValueError(f"{where}: time field: {exc}") from None
-        entries.append(
-            Attempt(item["attempt"], started_at, finished_at, item["outcome"], item["exit_code"])
-        )
-    return tuple(entries)
+    return tuple(_attempt(item, f"history[{index}]") for index, item in enumerate(value))
+
+
+def _attempt(item: Any, where: str) -> Attempt:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} has type {_json_type(item)}")
+    for key, expected in _ATTEMPT_FIELDS.items():
+        if key not in item:
+            raise ValueError(f"{where}: missing field '{key}'")
+        if not isinstance(item[key], expected) or isinstance(item[key], bool):
+            raise ValueError(f"{where}: field '{key}' has type {_json_type(item[key])}")
+    if item["attempt"] < 1:
+        raise ValueError(f"{where}: attempt {item['attempt']} is below 1")
+    if not _OUTCOME_RE.fullmatch(item["outcome"]):
+        raise ValueError(f"{where}: '{item['outcome'][:40]}' is not an outcome name")
+    started_at = _time(item["started_at"], f"{where}: time field: ")
+    finished_at = _time(item["finished_at"], f"{where}: time field: ")
+    return Attempt(item["attempt"], started_at, finished_at, item["outcome"], item["exit_code"])
 
 
 def _json_type(value: object) -> str:

@@ -21,6 +21,15 @@ from kcron.errors import ConfigError
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 MISFIRE_POLICIES = ("skip", "once", "all")  # the values of kcron.misfire.Policy
+_AT_LEAST_ONE = (
+    "partitions",
+    "replication_factor",
+    "concurrency",
+    "prefetch",
+    "max_output_bytes",
+    "session_timeout_ms",
+    "fetch_wait_max_ms",
+)
 
 
 @dataclass(frozen=True)
@@ -78,44 +87,45 @@ class Settings:
     read_idle_s: float = 2.0
 
     def __post_init__(self) -> None:
+        problems = [*self._choice_problems(), *self._range_problems()]
+        if problems:
+            raise ConfigError("invalid settings: " + "; ".join(problems))
+
+    def _choice_problems(self) -> list[str]:
         problems: list[str] = []
         if self.log_format not in LOG_FORMATS:
             problems.append(f"log format must be one of {', '.join(LOG_FORMATS)}")
         if self.log_level.upper() not in LOG_LEVELS:
             problems.append(f"log level must be one of {', '.join(LOG_LEVELS)}")
+        if self.misfire not in MISFIRE_POLICIES:
+            problems.append(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}")
         if not self.bootstrap_servers.strip():
             problems.append("bootstrap servers must not be empty")
         if not self.topic.strip():
             problems.append("topic must not be empty")
-        for name in (
-            "partitions",
-            "replication_factor",
-            "concurrency",
-            "prefetch",
-            "max_output_bytes",
-            "session_timeout_ms",
-            "fetch_wait_max_ms",
-        ):
-            if getattr(self, name) < 1:
-                problems.append(f"{name.replace('_', '-')} must be at least 1")
-        if self.grace_s < 0 or self.watch_interval_s <= 0:
-            problems.append("grace must be >= 0 and watch interval > 0")
-        if self.read_idle_s < 0.1:
-            problems.append("idle must be at least 0.1 seconds")
-        if not 0 < self.retry_base_s <= self.retry_cap_s:
-            problems.append("retry base must be > 0 and at most the retry cap")
-        if self.misfire not in MISFIRE_POLICIES:
-            problems.append(f"misfire must be one of {', '.join(MISFIRE_POLICIES)}")
-        if self.misfire_grace_s < 0:
-            problems.append("misfire grace must be >= 0")
-        if not 0 <= self.dispatch_ahead_s <= 30:
-            problems.append("dispatch-ahead must be between 0 and 30 seconds")
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             problems.append(f"unknown time zone '{self.timezone}'")
-        if problems:
-            raise ConfigError("invalid settings: " + "; ".join(problems))
+        return problems
+
+    def _range_problems(self) -> list[str]:
+        problems = [
+            f"{name.replace('_', '-')} must be at least 1"
+            for name in _AT_LEAST_ONE
+            if getattr(self, name) < 1
+        ]
+        if self.grace_s < 0 or self.watch_interval_s <= 0:
+            problems.append("grace must be >= 0 and watch interval > 0")
+        if self.read_idle_s < 0.1:
+            problems.append("idle must be at least 0.1 seconds")
+        if self.misfire_grace_s < 0:
+            problems.append("misfire grace must be >= 0")
+        if not 0 < self.retry_base_s <= self.retry_cap_s:
+            problems.append("retry base must be > 0 and at most the retry cap")
+        if not 0 <= self.dispatch_ahead_s <= 30:
+            problems.append("dispatch-ahead must be between 0 and 30 seconds")
+        return problems
 
     @property
     def tz(self) -> tzinfo:
