@@ -204,11 +204,8 @@ def test_check_from_lists_the_runs_strictly_after_an_instant(
         "name=every2h tz=Europe/Paris 0 */2 * * * echo wild\n"
         "@reboot echo boot\n",
     )
-    spring = runner.invoke(
-        cli,
-        ["check", str(path), "--from", "2026-03-29T00:00:00+01:00", "--count", "2"]
-        + ["--format", "json"],
-    )
+    as_json = ["check", str(path), "--format", "json"]
+    spring = runner.invoke(cli, [*as_json, "--from", "2026-03-29T00:00:00+01:00", "--count", "2"])
     assert spring.exit_code == 0, spring.output
     doc = json.loads(spring.stdout)
     assert doc["file"] == str(path)
@@ -220,9 +217,7 @@ def test_check_from_lists_the_runs_strictly_after_an_instant(
     assert doc["jobs"][2]["next"] == ["at producer start"]
     # A naive --from is read in --timezone.
     autumn = runner.invoke(
-        cli,
-        ["check", str(path), "--from", "2026-10-25T00:30", "--timezone", "Europe/Paris"]
-        + ["--count", "3", "--format", "json"],
+        cli, [*as_json, "--from", "2026-10-25T00:30", "--timezone", "Europe/Paris", "--count", "3"]
     )
     nexts = {job["name"]: job["next"] for job in json.loads(autumn.stdout)["jobs"]}
     assert nexts["fixed"] == [
