@@ -56,8 +56,8 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, 
 _FIELDISH_RE = re.compile(r"[0-9*?/,-]+")
 # A Quartz line (seconds first) puts the day of week 6th, often by name:
 # "0 0 12 * * MON cmd" would otherwise run the command "MON cmd" at noon.
-_DAY_FIELD_RE = re.compile(r"(?i)(?:sun|mon|tue|wed|thu|fri|sat|[0-9?/,#L-])+")
-_DAY_NAME_RE = re.compile(r"(?i)sun|mon|tue|wed|thu|fri|sat")
+_DAY_FIELD_RE = re.compile(r"(?:(?i:sun|mon|tue|wed|thu|fri|sat)|[0-9?/,#L-])+")
+_DAY_NAME_RE = re.compile(r"(?i:sun|mon|tue|wed|thu|fri|sat)|#|[0-9]L")
 _REJECTED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
 _ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # Cc less the tab
 _TRUE = {"true", "yes", "on", "1"}
