@@ -45,6 +45,8 @@ _NAMES: tuple[dict[str, int], ...] = (
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _MINUTES_PER_DAY = 1440
 _LAST_YEAR = 9999
+# Offsets are looked up a year either side of an instant: stop a little early.
+_LAST_INSTANT = (date(_LAST_YEAR - 2, 1, 1).toordinal() - _EPOCH_ORDINAL) * 86400
 # A schedule that fires at all fires within any 400 years: the Gregorian
 # calendar repeats with that period (weekdays included).
 _SEARCH_MONTHS = 400 * 12 + 12
@@ -222,7 +224,7 @@ def runs_after(expr: CronExpr, after: datetime, zone: tzinfo) -> Iterator[dateti
 def _instants(expr: CronExpr, lowest: int, zone: tzinfo) -> Iterator[int]:
     """Run instants (POSIX seconds) at or after ``lowest``."""
     offsets = _offsets(zone)
-    while True:
+    while lowest < _LAST_INSTANT:
         start, end, offset, before = offsets.segment(lowest)
         wall = -(-(lowest + offset) // 60)  # first wall-clock minute at or after lowest
         if before != offset:
@@ -266,7 +268,8 @@ class _Offsets:
     def __init__(self, zone: tzinfo) -> None:
         self._zone = zone
         self._fixed = zone.utcoffset(None)
-        self._years: dict[int, tuple[list[int], list[tuple[int, int, int]]]] = {}
+        self._windows: dict[int, tuple[list[int], list[tuple[int, int, int]]]] = {}
+        self._changes_of: dict[int, list[tuple[int, int, int]]] = {}
 
     def segment(self, instant: int) -> tuple[int, int, int, int]:
         """(start, end, offset, offset before start) of the segment holding ``instant``.
@@ -289,14 +292,16 @@ class _Offsets:
 
     def _window(self, year: int) -> tuple[list[int], list[tuple[int, int, int]]]:
         """The changes of the years before, of and after ``year``."""
-        if year not in self._years:
+        if year not in self._windows:
             changes = [c for y in (year - 1, year, year + 1) for c in self._changes(y)]
-            self._years[year] = ([c[0] for c in changes], changes)
-        return self._years[year]
+            self._windows[year] = ([c[0] for c in changes], changes)
+        return self._windows[year]
 
     def _changes(self, year: int) -> list[tuple[int, int, int]]:
         """(instant, offset before, offset from then) for each change in ``year``."""
-        changes = []
+        if year in self._changes_of:
+            return self._changes_of[year]
+        changes: list[tuple[int, int, int]] = []
         low = _year_start(year) - 1
         stop = _year_start(year + 1) - 1
         low_offset = self._offset(low)
@@ -313,6 +318,7 @@ class _Offsets:
                         last = middle
                 changes.append((last, low_offset, self._offset(last)))
             low, low_offset = high, high_offset
+        self._changes_of[year] = changes
         return changes
 
     def _offset(self, instant: int) -> int:
