@@ -228,22 +228,11 @@ def _instants(expr: CronExpr, lowest: int, zone: tzinfo) -> Iterator[int]:
         start, end, offset, before = offsets.segment(lowest)
         wall = -(-(lowest + offset) // 60)  # first wall-clock minute at or after lowest
         if before != offset:
-            # The offset changed at ``start``: cron compares the first wall
-            # minute after the change with the last one before it.
-            first_wall = -(-(start + offset) // 60)
-            last_wall = (start - 1 + before) // 60
-            moved = first_wall - last_wall
-            catch_up = 1 < moved <= _SMALL_FORWARD or (expr.fixed and moved <= _DST_LIMIT)
-            if moved > 1 and catch_up and wall <= first_wall:
-                missed = expr.next_wall(last_wall + 1)
-                if missed is not None and missed <= first_wall:
-                    instant = first_wall * 60 - offset
-                    yield instant
-                    lowest = instant + 1
-                    continue
-            elif -_DST_LIMIT < moved <= 0 and expr.fixed:
-                # The repeated wall-clock interval: fixed-time jobs ran on the first pass.
-                wall = max(wall, last_wall + 1)
+            late, wall = _after_change(expr, wall, start, offset, before)
+            if late is not None:
+                yield late
+                lowest = late + 1
+                continue
         found = expr.next_wall(wall)
         if found is None:
             return
@@ -253,6 +242,30 @@ def _instants(expr: CronExpr, lowest: int, zone: tzinfo) -> Iterator[int]:
             lowest = instant + 1
         else:
             lowest = end
+
+
+def _after_change(
+    expr: CronExpr, wall: int, start: int, offset: int, before: int
+) -> tuple[int | None, int]:
+    """cron.c's rule for a segment whose offset changed at ``start``.
+
+    Returns the instant of a run made up right after the change (or None),
+    and the first wall-clock minute the search may use. cron compares the
+    first wall minute after the change with the last one before it.
+    """
+    first_wall = -(-(start + offset) // 60)
+    last_wall = (start - 1 + before) // 60
+    moved = first_wall - last_wall
+    if moved > 1 and wall <= first_wall:
+        # Clocks went forward: the skipped minutes' runs happen once, now.
+        if moved <= _SMALL_FORWARD or (expr.fixed and moved <= _DST_LIMIT):
+            missed = expr.next_wall(last_wall + 1)
+            if missed is not None and missed <= first_wall:
+                return first_wall * 60 - offset, wall
+    elif -_DST_LIMIT < moved <= 0 and expr.fixed:
+        # Clocks went back: fixed-time jobs ran on the first pass, not again.
+        wall = max(wall, last_wall + 1)
+    return None, wall
 
 
 class _Offsets:
