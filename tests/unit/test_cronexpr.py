@@ -22,6 +22,8 @@ from kcron import cronexpr
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
 LORD_HOWE = ZoneInfo("Australia/Lord_Howe")
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")  # changed at midnight until 2019
+CHATHAM = ZoneInfo("Pacific/Chatham")  # +12:45 / +13:45
 
 
 def utc(*args: int) -> datetime:
@@ -232,6 +234,19 @@ def test_lord_howe_half_hour_back_keeps_every_wildcard_run() -> None:
     ]
 
 
+def test_a_midnight_that_does_not_exist_runs_a_daily_job_right_after_the_jump() -> None:
+    # Sao Paulo, 2018-11-04: 00:00 -03 became 01:00 -02; that day had no midnight.
+    assert local("0 0 * * *", utc(2018, 11, 3, 12), SAO_PAULO, 2) == [
+        "11-04 01:00-0200",
+        "11-05 00:00-0200",
+    ]
+    # 2019-02-17: 00:00 -02 became 23:00 -03 on the 16th; 23:30 came twice.
+    assert local("30 23 * * *", utc(2019, 2, 16, 12), SAO_PAULO, 2) == [
+        "02-16 23:30-0200",
+        "02-17 23:30-0300",
+    ]
+
+
 def test_fixed_offset_zones_and_utc_have_no_clock_changes() -> None:
     from datetime import timezone
 
@@ -365,8 +380,12 @@ def cron_loop(model: Model, zone: tzinfo, after: datetime, minutes: int) -> list
     return found
 
 
-# Offset changes of 2026 (UTC), where the model and the evaluator must agree most.
+# Offset changes (UTC), where the model and the evaluator must agree most.
 _CHANGES = [
+    (SAO_PAULO, utc(2018, 11, 4, 3)),
+    (SAO_PAULO, utc(2019, 2, 17, 2)),
+    (CHATHAM, utc(2026, 4, 4, 14)),
+    (CHATHAM, utc(2026, 9, 26, 14)),
     (PARIS, utc(2026, 3, 29, 1)),
     (PARIS, utc(2026, 10, 25, 1)),
     (NEW_YORK, utc(2026, 3, 8, 7)),
@@ -419,6 +438,26 @@ def test_runs_around_clock_changes_are_those_of_cron_s_loop(
 ) -> None:
     zone, after = where
     window = 36 * 60
+    expected = cron_loop(model, zone, after, window)
+    end = after.replace(second=0, microsecond=0) + timedelta(minutes=window)
+    got = list(
+        itertools.takewhile(
+            lambda t: t <= end, cronexpr.runs_after(cronexpr.parse(model.text), after, zone)
+        )
+    )
+    assert got == expected, model.text
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    models(),
+    st.sampled_from([PARIS, NEW_YORK, LORD_HOWE, SAO_PAULO, CHATHAM, UTC]),
+    st.datetimes(datetime(2000, 1, 1), datetime(2040, 1, 1), timezones=st.just(UTC)),
+)
+def test_runs_at_any_time_are_those_of_cron_s_loop(
+    model: Model, zone: tzinfo, after: datetime
+) -> None:
+    window = 30 * 60
     expected = cron_loop(model, zone, after, window)
     end = after.replace(second=0, microsecond=0) + timedelta(minutes=window)
     got = list(
