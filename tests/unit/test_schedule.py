@@ -17,6 +17,7 @@ from kcron.schedule import Run, Scheduler, next_runs, runs_between
 PARIS = ZoneInfo("Europe/Paris")
 NEW_YORK = ZoneInfo("America/New_York")
 TOKYO = ZoneInfo("Asia/Tokyo")
+DAY = timedelta(days=1)
 
 
 def utc(*args: int) -> datetime:
@@ -185,6 +186,34 @@ def test_run_in_the_skipped_hour_is_not_lost():
     runs = next_runs(job("tz=Europe/Paris 30 2 * * * x"), utc(2028, 3, 25, 12), 2)
     assert runs[0] == utc(2028, 3, 26, 1, 0)  # 03:00 CEST
     assert runs[1] == utc(2028, 3, 27, 0, 30)  # 02:30 CEST
+
+
+def test_fixed_time_job_runs_once_when_paris_clocks_go_back():
+    # 2026-10-25: 03:00 CEST becomes 02:00 CET; cron runs 02:30 on the first pass only
+    # (croniter ran it at 02:30+02:00 and again at 02:30+01:00).
+    fixed = job("tz=Europe/Paris 30 2 * * * x")
+    day = runs_between([fixed], datetime(2026, 10, 25, tzinfo=PARIS), utc(2026, 10, 26))
+    assert times(day) == [utc(2026, 10, 25, 0, 30)]
+
+
+def test_wildcard_job_gets_no_moved_run_when_paris_clocks_go_forward():
+    # 2026-03-29: 02:00 CET becomes 03:00 CEST; cron runs "0 */2" on the new clock,
+    # at 04:00 (croniter added a moved run at 03:00).
+    every2h = job("tz=Europe/Paris 0 */2 * * * x")
+    start = datetime(2026, 3, 29, tzinfo=PARIS)
+    day = times(runs_between([every2h], start, start + DAY))
+    assert [t.astimezone(PARIS).hour for t in day] == [0, *range(4, 24, 2)]
+
+
+def test_scheduler_hands_out_both_passes_of_a_wildcard_job_in_time_order():
+    js = jobs("tz=Europe/Paris 30 2 * * * fixed\ntz=Europe/Paris 30 * * * * wild")
+    scheduler = Scheduler(js, utc(2026, 10, 25, 0))
+    due = scheduler.pop_due(utc(2026, 10, 25, 2))
+    assert [(r.scheduled_for, r.job.command) for r in due] == [
+        (utc(2026, 10, 25, 0, 30), "fixed"),  # 02:30 CEST
+        (utc(2026, 10, 25, 0, 30), "wild"),
+        (utc(2026, 10, 25, 1, 30), "wild"),  # 02:30 CET: only the wildcard job
+    ]
 
 
 def test_new_york_morning_job_follows_local_time():
