@@ -7,7 +7,8 @@ import logging
 import signal
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 import click
@@ -28,6 +29,7 @@ from kcron.options import (
     schedule_options,
     session_timeout_option,
     setting,
+    timezone_option,
 )
 from kcron.settings import Settings
 from kcron.when import parse_when
@@ -56,13 +58,7 @@ def cli() -> None:
     show_default=True,
     help="How many upcoming run times to show per job.",
 )
-@option(
-    "--timezone",
-    env="TIMEZONE",
-    default="UTC",
-    show_default=True,
-    help="Zone the schedules are evaluated in (jobs may override with tz=).",
-)
+@timezone_option
 @option(
     "--format",
     "output",
@@ -82,7 +78,7 @@ def cli() -> None:
     "now-1h, +2d. For example, what runs over a DST weekend.",
 )
 @handle_errors
-def check(jobs: str, count: int, timezone: str, output: str, start: str) -> None:
+def check(jobs: str, count: int, timezone: str | None, output: str, start: str) -> None:
     """Validate a job file and show each job with its next run times.
 
     Exits 0 when every line is valid; otherwise lists every bad line as
@@ -94,16 +90,30 @@ def check(jobs: str, count: int, timezone: str, output: str, start: str) -> None
         after = parse_when(start, datetime.now(UTC), settings.tz)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
+    listing = _check_listing(parsed.jobs, after, count, settings.tz)
+    if output == "json":
+        click.echo(json.dumps({"file": jobs, "jobs": listing}, indent=2))
+        return
+    _echo_listing(listing, count)
+    noun = "job" if len(listing) == 1 else "jobs"
+    click.echo(
+        f"{jobs}: OK, {len(listing)} {noun} (times in UTC, schedules in {settings.timezone})"
+    )
+
+
+def _check_listing(
+    jobs: Sequence[jobfile.Job], after: datetime, count: int, tz: tzinfo
+) -> list[dict[str, Any]]:
     listing: list[dict[str, Any]] = []
     # Big files repeat a few schedules over many jobs: compute each one's times once.
     upcoming_by_schedule: dict[tuple[str, str | None], list[str]] = {}
-    for job in parsed.jobs:
+    for job in jobs:
         if job.is_reboot:
             upcoming = ["at producer start"]
         else:
             key = (job.cron_expression, job.tz)
             if key not in upcoming_by_schedule:
-                times = schedule.next_runs(job, after, count, settings.tz)
+                times = schedule.next_runs(job, after, count, tz)
                 upcoming_by_schedule[key] = [format_time(t) for t in times]
             upcoming = upcoming_by_schedule[key]
         listing.append(
@@ -116,9 +126,10 @@ def check(jobs: str, count: int, timezone: str, output: str, start: str) -> None
                 "next": upcoming,
             }
         )
-    if output == "json":
-        click.echo(json.dumps({"file": jobs, "jobs": listing}, indent=2))
-        return
+    return listing
+
+
+def _echo_listing(listing: list[dict[str, Any]], count: int) -> None:
     lines: list[str] = []
     for item in listing:
         lines.append(f"{click.style(item['name'], bold=True)}  ({item['source']})")
@@ -134,8 +145,6 @@ def check(jobs: str, count: int, timezone: str, output: str, start: str) -> None
             lines.clear()
     if lines:
         click.echo("\n".join(lines))
-    noun = "job" if len(listing) == 1 else "jobs"
-    click.echo(f"{jobs}: OK, {len(listing)} {noun} (times in UTC, schedules in {timezone})")
 
 
 @cli.command()
