@@ -18,7 +18,6 @@ import click
 from kcron import __version__, jobfile, misfire, schedule
 from kcron.deadletter import build_dlq_group
 from kcron.errors import ExitCode, JobFileError, KcronError
-from kcron.experiment import experiment_group
 from kcron.log import configure, fields
 from kcron.message import format_time
 from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
@@ -500,7 +499,6 @@ def broker(host: str, port: int) -> None:
         sys.exit(ExitCode.UNAVAILABLE)
 
 
-cli.add_command(experiment_group)
 cli.add_command(build_dlq_group())
 
 
