@@ -41,23 +41,26 @@ class LogTail:
     skipped (a line may carry a prefix before its ``{``: supervisord's relay).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, keep: bool = True) -> None:
         self.path = path
+        # keep=False: only poll() (the bench reads hundreds of thousands of records once).
+        self.keep = keep
         self._offset = 0
         self._partial = b""
         self._records: list[dict[str, Any]] = []
         self._polled = 0
 
-    def _read(self) -> None:
+    def _read(self) -> list[dict[str, Any]]:
         try:
             with open(self.path, "rb") as fh:
                 fh.seek(self._offset)
                 data = fh.read()
         except FileNotFoundError:
-            return
+            return []
         self._offset += len(data)
         lines = (self._partial + data).split(b"\n")
         self._partial = lines.pop()
+        new: list[dict[str, Any]] = []
         for line in lines:
             start = line.find(b"{")
             if start < 0:
@@ -65,16 +68,23 @@ class LogTail:
             with contextlib.suppress(ValueError):
                 record = json.loads(line[start:])
                 if isinstance(record, dict):
-                    self._records.append(record)
+                    new.append(record)
+        if self.keep:
+            self._records.extend(new)
+        return new
 
     def records(self) -> list[dict[str, Any]]:
         """Every record so far."""
+        if not self.keep:
+            raise RuntimeError(f"{self.path}: records are not kept (keep=False), poll() them")
         self._read()
         return list(self._records)
 
     def poll(self) -> list[dict[str, Any]]:
         """The records added since the last ``poll()``."""
-        self._read()
+        new = self._read()
+        if not self.keep:
+            return new
         new = self._records[self._polled :]
         self._polled = len(self._records)
         return new
@@ -124,6 +134,7 @@ class Process:
         cwd: Path = REPO,
         append: bool = False,
         new_session: bool = False,
+        keep_records: bool = True,
         failure: Failure = AssertionError,
     ) -> None:
         self.argv = list(argv)
@@ -134,7 +145,7 @@ class Process:
         # Append mode: supervisord reopens /dev/stdout (stdout_logfile) for its programs,
         # and two descriptions of one file without O_APPEND would overwrite each other.
         self._log: IO[bytes] = open(log_path, "ab" if append else "wb")  # noqa: SIM115
-        self.tail = LogTail(log_path)
+        self.tail = LogTail(log_path, keep=keep_records)
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.DEVNULL,
