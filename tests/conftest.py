@@ -48,10 +48,20 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         pytest.skip(f"no Kafka broker available: {exc!r}")
     with stack:
         _USED.append(found)
-        reporter = request.config.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"\n[kcron] integration broker: {found}")
+        _announce(request.config, f"[kcron] integration broker: {found}")
         yield found
+
+
+def _announce(config: pytest.Config, line: str) -> None:
+    """A line on the terminal as the broker starts, past pytest's output capture."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with suspended:
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 @pytest.fixture

@@ -221,11 +221,13 @@ def _docker_starters(client: Any, tried: list[str]) -> Iterator[Starter]:
     for image, start in present:
         yield lambda stack, image=image, start=start: start(stack, image)  # type: ignore[misc]
     if not _image_present(client, DEV_BROKER_IMAGE):
+        started = time.monotonic()
         try:
             _build_dev_image()
         except BrokerError as exc:
             tried.append(str(exc))
             return
+        tried.append(f"{DEV_BROKER_IMAGE} built in {time.monotonic() - started:.0f} s")
     yield lambda stack: _start_dev_broker(stack, DEV_BROKER_IMAGE)
 
 
