@@ -7,6 +7,7 @@ import platform
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kcron import __version__
 from tools.experiment.runner import (
@@ -192,6 +193,34 @@ def _s(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f} s"
 
 
+def _panel(ax: Any, result: CaseResult, colors: Sequence[Any]) -> None:
+    """One case: a bar per consumer, stacked by partition, its total on top."""
+    labels = [c.name + (" ✕" if c.stopped else "") for c in result.consumers]
+    bottoms = [0] * len(result.consumers)
+    for p in range(result.partitions):
+        heights = [c.runs_by_partition.get(p, 0) for c in result.consumers]
+        ax.bar(
+            labels,
+            heights,
+            bottom=bottoms,
+            color=colors[p % len(colors)],
+            label=f"partition {p}",
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for x, total in enumerate(bottoms):
+        text = str(total) if total else "0\nidle"
+        ax.text(x, total, text, ha="center", va="bottom", fontsize=8)
+    title = f"P={result.partitions}, C={len(result.consumers)}"
+    if result.recovery is not None:
+        title += "\none stopped (✕)"
+    elif result.grown_from is not None:
+        title = f"P={result.grown_from}→{result.partitions}, C={len(result.consumers)}\ngrown live"
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+
+
 def write_chart(rows: Sequence[Row], path: Path) -> Path | None:
     """Runs per consumer, one panel per case, each bar stacked by partition."""
     results = [r for r in rows if isinstance(r, CaseResult)]
@@ -208,32 +237,7 @@ def write_chart(rows: Sequence[Row], path: Path) -> Path | None:
     width = max(6.0, 2.1 * len(results))
     fig, axes = plt.subplots(1, len(results), figsize=(width, 4.2), sharey=True, squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
-        labels = [c.name + (" ✕" if c.stopped else "") for c in result.consumers]
-        bottoms = [0] * len(result.consumers)
-        for p in range(result.partitions):
-            heights = [c.runs_by_partition.get(p, 0) for c in result.consumers]
-            ax.bar(
-                labels,
-                heights,
-                bottom=bottoms,
-                color=colors[p % len(colors)],
-                label=f"partition {p}",
-                edgecolor="white",
-                linewidth=0.5,
-            )
-            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-        for x, total in enumerate(bottoms):
-            text = str(total) if total else "0\nidle"
-            ax.text(x, total, text, ha="center", va="bottom", fontsize=8)
-        title = f"P={result.partitions}, C={len(result.consumers)}"
-        if result.recovery is not None:
-            title += "\none stopped (✕)"
-        elif result.grown_from is not None:
-            title = (
-                f"P={result.grown_from}→{result.partitions}, C={len(result.consumers)}\ngrown live"
-            )
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        _panel(ax, result, colors)
     axes[0][0].set_ylabel("runs executed")
     handles = [Rectangle((0, 0), 1, 1, color=colors[p % len(colors)]) for p in range(most)]
     fig.legend(
