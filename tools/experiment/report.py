@@ -20,6 +20,7 @@ from tools.experiment.runner import (
     CaseResult,
     ConsumerResult,
     Failed,
+    Recovery,
     Row,
     Skipped,
     fmt_parts,
@@ -48,24 +49,7 @@ def _count(n: int, noun: str) -> str:
 def verdict(result: CaseResult) -> str:
     """What the case shows, in plain words."""
     if result.recovery is not None:
-        rec = result.recovery
-        survivors = "/".join(c.name for c in result.consumers if not c.stopped)
-        first = f"SIGTERM to {rec.stopped} after {rec.runs_before_stop} of {result.runs} runs"
-        if rec.in_flight:
-            first += ", mid-run"
-        parts = [first]
-        if rec.in_flight_finished:
-            parts.append("it finished its run and left")
-        if rec.reassigned_s is not None:
-            parts.append(
-                f"{survivors} owned {fmt_parts(range(result.partitions))} "
-                f"{rec.reassigned_s:.1f} s after the signal"
-            )
-        else:
-            parts.append(f"{survivors} never owned every partition")
-        if rec.resumed_s is not None:
-            parts.append(f"first moved run at {rec.resumed_s:.1f} s")
-        return "; ".join(parts)
+        return _recovery_verdict(result, result.recovery)
     if result.grown_from is not None and result.runs_after_growth is not None:
         new = list(range(result.grown_from, result.partitions))
         after = result.runs_after_growth
@@ -74,6 +58,30 @@ def verdict(result: CaseResult) -> str:
             f"new partition {fmt_parts(new)} took {got} of the {sum(after.values())} runs sent "
             "after the change; runs sent before stayed where they were"
         )
+    return _share_verdict(result)
+
+
+def _recovery_verdict(result: CaseResult, rec: Recovery) -> str:
+    survivors = "/".join(c.name for c in result.consumers if not c.stopped)
+    first = f"SIGTERM to {rec.stopped} after {rec.runs_before_stop} of {result.runs} runs"
+    if rec.in_flight:
+        first += ", mid-run"
+    parts = [first]
+    if rec.in_flight_finished:
+        parts.append("it finished its run and left")
+    if rec.reassigned_s is not None:
+        parts.append(
+            f"{survivors} owned {fmt_parts(range(result.partitions))} "
+            f"{rec.reassigned_s:.1f} s after the signal"
+        )
+    else:
+        parts.append(f"{survivors} never owned every partition")
+    if rec.resumed_s is not None:
+        parts.append(f"first moved run at {rec.resumed_s:.1f} s")
+    return "; ".join(parts)
+
+
+def _share_verdict(result: CaseResult) -> str:
     notes = []
     idle = [c.name for c in result.consumers if c.idle]
     if idle:
