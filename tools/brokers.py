@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import importlib.util
 import os
 import subprocess
@@ -207,6 +208,14 @@ def _start_embedded(stack: contextlib.ExitStack, log_path: str | None) -> Broker
 Starter = Callable[[contextlib.ExitStack], BrokerInfo]
 
 
+def _with_image(
+    start: Callable[[contextlib.ExitStack, str], BrokerInfo],
+    image: str,
+    stack: contextlib.ExitStack,
+) -> BrokerInfo:
+    return start(stack, image)
+
+
 def _docker_starters(client: Any, tried: list[str]) -> Iterator[Starter]:
     """The container options in order; each image is made available first (pulled or
     built), and what could not be is noted in ``tried``."""
@@ -219,7 +228,7 @@ def _docker_starters(client: Any, tried: list[str]) -> Iterator[Starter]:
         except BrokerError as exc:
             tried.append(str(exc))
     for image, start in present:
-        yield lambda stack, image=image, start=start: start(stack, image)  # type: ignore[misc]
+        yield functools.partial(_with_image, start, image)
     if not _image_present(client, DEV_BROKER_IMAGE):
         started = time.monotonic()
         try:
@@ -228,7 +237,7 @@ def _docker_starters(client: Any, tried: list[str]) -> Iterator[Starter]:
             tried.append(str(exc))
             return
         tried.append(f"{DEV_BROKER_IMAGE} built in {time.monotonic() - started:.0f} s")
-    yield lambda stack: _start_dev_broker(stack, DEV_BROKER_IMAGE)
+    yield functools.partial(_with_image, _start_dev_broker, DEV_BROKER_IMAGE)
 
 
 def _choose(stack: contextlib.ExitStack, log_path: str | None, use_docker: bool) -> BrokerInfo:
