@@ -449,17 +449,17 @@ def run_case(
         options.append("topic.metadata.refresh.interval.ms=1000")
     with _workdir(workdir) as wd:
         case = _Case(
-            bootstrap,
-            _settings(bootstrap, f"kcron.experiment.{tag}", partitions, kafka_options),
-            options,
-            wd,
-            tag,
-            partitions,
-            runs,
-            command,
-            stop_one_after,
-            grow_to,
-            progress,
+            bootstrap=bootstrap,
+            settings=_settings(bootstrap, f"kcron.experiment.{tag}", partitions, kafka_options),
+            options=options,
+            workdir=wd,
+            tag=tag,
+            partitions=partitions,
+            runs=runs,
+            command=command,
+            stop_one_after=stop_one_after,
+            grow_to=grow_to,
+            say=progress,
         )
         _prepare_topic(case)
         try:
