@@ -6,13 +6,15 @@ STAMP := $(VENV)/.installed-stamp
 export KCRON_RUN_DIR ?= $(CURDIR)/run
 SUPERVISORCTL := KCRON_JOBS= KCRON_PRODUCER= KCRON_CONSUMERS= $(BIN)/supervisorctl -c etc/supervisord.conf
 
-.PHONY: help install run status stop test test-unit test-integration lint check clean
+.PHONY: help install run status stop test test-all test-unit test-integration lint check clean
 
 help:
 	@echo "make run        start the embedded broker, 1 producer and 2 consumers (Ctrl-C stops)"
 	@echo "make status     supervisorctl status of a running 'make run'"
 	@echo "make stop       stop a running 'make run' gracefully"
-	@echo "make test       install and run unit + integration tests"
+	@echo "make test       unit tests + a representative set of integration tests (< 5 min)"
+	@echo "make test-all   every test but the container ones: adds the slow fault drills"
+	@echo "                (R1-R4) and the bench smoke test (installs cron, edits root's crontab)"
 	@echo "make lint       ruff + mypy"
 	@echo "make partitions-experiment  what 1, 2 and 3 partitions do to 2 workers (report + chart)"
 	@echo "make bench      kcron vs Debian cron: precision, herd, throughput, scale (bench-quick: < 3 min)"
@@ -21,9 +23,11 @@ help:
 	@echo "make logs       follow kcron's log (job output); make compose-status, make down"
 	@echo "make test-container  build the image, run the compose project, check it (Docker)"
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# requirements-run.txt: supervisord, for `make run` (the image installs it too).
+$(STAMP): requirements.txt requirements-run.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
+		-r requirements-run.txt -r requirements-dev.txt -e .
 	@touch $@
 
 install: $(STAMP)
@@ -37,7 +41,13 @@ status: install
 stop: install
 	@$(SUPERVISORCTL) shutdown
 
+# `make test` leaves out what is marked slow (the fault drills R1-R4, the bench
+# smoke test, a few long integration tests); `make test-all` runs those too, as
+# .ci/run does. Container tests: `make test-container`.
 test: install
+	$(BIN)/python -m pytest -m "not slow and not container" $(PYTEST_ARGS)
+
+test-all: install
 	$(BIN)/python -m pytest -m "not container" $(PYTEST_ARGS)
 
 test-unit: install
@@ -47,7 +57,7 @@ test-integration: install
 	$(BIN)/python -m pytest -m integration $(PYTEST_ARGS)
 
 lint: install
-	$(BIN)/ruff check kcron tests
+	$(BIN)/ruff check kcron tests tools bench
 	$(BIN)/mypy
 
 check: install
@@ -59,10 +69,11 @@ clean:
 # The measured answer to "what do 1, 2 or 3 partitions do to two workers?" (README
 # "What partitions do"): writes reports/partitions-experiment.md and .png.
 # Override with PARTITIONS="1 2 3 4" CONSUMERS=3 RUNS=240 EXPERIMENT_ARGS=--no-extras;
-# KCRON_BOOTSTRAP_SERVERS runs it on a cluster instead of a throwaway broker.
+# KCRON_BOOTSTRAP_SERVERS runs it on a cluster instead of a throwaway broker
+# (tools/brokers.py chooses that one). Dev tooling: tools/experiment/, not installed.
 .PHONY: partitions-experiment
 partitions-experiment: install
-	$(BIN)/kcron experiment partitions --partitions "$(or $(PARTITIONS),1 2 3)" \
+	$(BIN)/python -m tools.experiment partitions --partitions "$(or $(PARTITIONS),1 2 3)" \
 		--consumers $(or $(CONSUMERS),2) --runs $(or $(RUNS),120) $(EXPERIMENT_ARGS)
 
 # --- container image and docker compose (containers/, docker-compose.yml) -----

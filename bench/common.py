@@ -1,10 +1,13 @@
-"""Shared helpers: paths, the machine, statistics, clocks, JSON log tails, the lock."""
+"""Shared helpers: paths, the machine, statistics, clocks, the lock.
+
+Processes and their JSON logs: tools/harness.py, shared with the tests and the
+partitions experiment.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import math
 import os
 import platform
@@ -15,9 +18,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from tools.harness import REPO as REPO  # the bench's modules import it from here
+
 RESULTS = REPO / "bench" / "results"
 # The venv that runs the bench also provides `kcron` and `supervisord`.
 BIN = Path(sys.executable).parent
@@ -169,56 +173,8 @@ def sleep_until(when: float) -> None:
         time.sleep(min(left, 1.0))
 
 
-def parse_ts(text: str) -> float:
-    """kcron's RFC 3339 UTC millisecond times to epoch seconds."""
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
 def iso_minute(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-# -- logs -----------------------------------------------------------------------------
-
-
-class LogTail:
-    """Reads a growing file of JSON log lines incrementally (other lines are skipped)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._offset = 0
-        self._partial = b""
-
-    def poll(self) -> list[dict[str, Any]]:
-        """The records added since the last call."""
-        try:
-            with open(self.path, "rb") as fh:
-                fh.seek(self._offset)
-                data = fh.read()
-        except FileNotFoundError:
-            return []
-        self._offset += len(data)
-        data = self._partial + data
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        new: list[dict[str, Any]] = []
-        for line in lines:
-            start = line.find(b"{")
-            if start < 0:
-                continue
-            try:
-                record = json.loads(line[start:])
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                new.append(record)
-        return new
-
-    def text_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
 
 
 # -- processes --------------------------------------------------------------------------
@@ -230,24 +186,6 @@ def peak_rss_mib(pid: int) -> float | None:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return None
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 60.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return int(proc.returncode)
-
-
-def open_log(path: Path) -> IO[bytes]:
-    # Append mode: supervisord reopens /dev/stdout (stdout_logfile) for its programs, and
-    # two descriptions of one file without O_APPEND would overwrite each other's lines.
-    return open(path, "ab")
 
 
 def producer_ready(record: dict[str, Any]) -> bool:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import distribution, parse_ts, spread
+from bench.common import distribution, spread
+from tools.harness import parse_ts
 
 STAMP_SCRIPT = """#!/bin/sh
 # kcron bench: record when this job's process started, its scheduled time

@@ -129,7 +129,7 @@ def _per_minute(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def markdown(results: dict[str, Any], chart: str | None) -> str:
+def _md_header(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
     k = results["kcron"]
     cfg = results["config"]
@@ -152,6 +152,11 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
         "median over repeats (measured minutes) with [min–max].",
         "",
     ]
+    return out
+
+
+def _md_latency(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
     for key, title in (("p1", "P1 precision (light load)"), ("p2", "P2 herd")):
         res = results.get(key)
         if not res:
@@ -163,6 +168,12 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
                 f"**{fig(res['cron_p99_over_kcron_p99'], ratio)}**", ""]
         out += ["<details><summary>per minute</summary>", "", *_per_minute(res), "", "</details>",
                 ""]
+    return out
+
+
+def _md_p3(results: dict[str, Any]) -> list[str]:
+    cfg = results["config"]
+    out: list[str] = []
     p3 = results.get("p3")
     if p3:
         out += [f"## P3 throughput: {p3['runs']} backfilled runs of `true`, "
@@ -176,6 +187,11 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
         out += ["", f"Median: kcron {fig(p3['runs_per_s'], lambda v: f'{v:.0f}/s')} vs raw "
                 f"{fig(p3['raw_per_s'], lambda v: f'{v:.0f}/s')}: "
                 f"**{fig(p3['ratio_to_raw'], pct)}** of the raw spawn rate.", ""]
+    return out
+
+
+def _md_p4(results: dict[str, Any]) -> list[str]:
+    out: list[str] = []
     p4 = results.get("p4")
     if p4:
         out += [f"## P4 scale: a generated {p4['jobs']:,}-job file", "",
@@ -197,6 +213,11 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
                 ""]
         if p4.get("note"):
             out += [p4["note"], ""]
+    return out
+
+
+def markdown(results: dict[str, Any], chart: str | None) -> str:
+    out = [*_md_header(results), *_md_latency(results), *_md_p3(results), *_md_p4(results)]
     out += ["## Targets", "", "| target | measured (median) | met |", "|---|---|---|"]
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
@@ -206,6 +227,8 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
         out += [f"![kcron vs cron]({chart})", ""]
     out += [f"Reproduce: `{results['command']}`", ""]
     return "\n".join(out)
+
+
 
 
 def readme_table(results: dict[str, Any]) -> str:
@@ -264,45 +287,41 @@ def readme_table(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
-def chart(results: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
+# One colour per scheduler, in every panel.
+COLORS = {"kcron": "#1f77b4", "cron": "#d62728"}
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    colors = {"kcron": "#1f77b4", "cron": "#d62728"}
-    fig_, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    for ax, key, title in ((axes[0][0], "p1", "P1 precision"), (axes[0][1], "p2", "P2 herd")):
-        res = results.get(key)
-        if not res:
-            ax.set_axis_off()
+
+def _latency_panel(ax: Any, results: dict[str, Any], key: str, title: str) -> None:
+    res = results.get(key)
+    if not res:
+        ax.set_axis_off()
+        return
+    for name in ("kcron", "cron"):
+        data = [max(v, 1e-4) for v in res["samples"][name]]
+        if not data:
             continue
-        for name in ("kcron", "cron"):
-            data = [max(v, 1e-4) for v in res["samples"][name]]
-            if not data:
-                continue
-            ys = [(i + 1) / len(data) for i in range(len(data))]
-            ax.step(data, ys, where="post", color=colors[name], label=f"{name} (n={len(data)})")
-        ax.set_xscale("log")
-        ax.set_xlim(1e-3, 20)
-        ax.set_xlabel("lateness: job start − scheduled minute (s, log scale)")
-        ax.set_ylabel("fraction of runs started")
-        ax.set_title(f"{title}: {res['jobs']} jobs due the same minute")
-        ax.axhline(0.99, color="grey", lw=0.6, ls=":")
-        limit = TARGETS["p1_kcron_p99_s" if key == "p1" else "p2_kcron_p99_s"]
-        ax.axvline(limit, color="green", ls="--", lw=1, label=f"target: kcron p99 ≤ {dur(limit)}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-    ax = axes[1][0]
+        ys = [(i + 1) / len(data) for i in range(len(data))]
+        ax.step(data, ys, where="post", color=COLORS[name], label=f"{name} (n={len(data)})")
+    ax.set_xscale("log")
+    ax.set_xlim(1e-3, 20)
+    ax.set_xlabel("lateness: job start − scheduled minute (s, log scale)")
+    ax.set_ylabel("fraction of runs started")
+    ax.set_title(f"{title}: {res['jobs']} jobs due the same minute")
+    ax.axhline(0.99, color="grey", lw=0.6, ls=":")
+    limit = TARGETS["p1_kcron_p99_s" if key == "p1" else "p2_kcron_p99_s"]
+    ax.axvline(limit, color="green", ls="--", lw=1, label=f"target: kcron p99 ≤ {dur(limit)}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", fontsize=8)
+
+
+def _p3_panel(ax: Any, results: dict[str, Any]) -> None:
     p3 = results.get("p3")
     if p3:
         names = ["raw spawn\n(1 loop per core)", "kcron\n(2 consumers, end to end)"]
         meds = [p3["raw_per_s"]["median"], p3["runs_per_s"]["median"]]
         lows = [meds[0] - p3["raw_per_s"]["min"], meds[1] - p3["runs_per_s"]["min"]]
         highs = [p3["raw_per_s"]["max"] - meds[0], p3["runs_per_s"]["max"] - meds[1]]
-        bars = ax.bar(names, meds, yerr=[lows, highs], color=["#7f7f7f", colors["kcron"]],
+        bars = ax.bar(names, meds, yerr=[lows, highs], color=["#7f7f7f", COLORS["kcron"]],
                       capsize=6)
         ax.bar_label(bars, labels=[f"{v:.0f}/s" for v in meds], padding=3)
         ax.margins(y=0.12)
@@ -313,14 +332,16 @@ def chart(results: dict[str, Any], path: Path) -> bool:
         ax.legend()
     else:
         ax.set_axis_off()
-    ax = axes[1][1]
+
+
+def _p4_panel(ax: Any, results: dict[str, Any]) -> None:
     p4 = results.get("p4")
     if p4:
         labels = ["kcron check", "producer\nstart-up", "last run of the\nminute delivered"]
         keys = ["check_s", "startup_s", "last_delivered_s"]
         limits = [5.0, 5.0, 1.0]
         meds = [p4[k]["median"] if p4[k]["n"] else 0 for k in keys]
-        bars = ax.bar(labels, meds, color=colors["kcron"])
+        bars = ax.bar(labels, meds, color=COLORS["kcron"])
         ax.bar_label(bars, labels=[dur(v) for v in meds], padding=2)
         ax.margins(y=0.12)
         for bar, limit in zip(bars, limits, strict=True):
@@ -332,6 +353,21 @@ def chart(results: dict[str, Any], path: Path) -> bool:
                      f"{mib(p4['producer_rss_mib']['median'])}")
     else:
         ax.set_axis_off()
+
+
+def chart(results: dict[str, Any], path: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig_, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for ax, key, title in ((axes[0][0], "p1", "P1 precision"), (axes[0][1], "p2", "P2 herd")):
+        _latency_panel(ax, results, key, title)
+    _p3_panel(axes[1][0], results)
+    _p4_panel(axes[1][1], results)
     m = results["machine"]
     fig_.suptitle(f"kcron vs Debian cron, same run — {m['cores']} cores, Python {m['python']}, "
                   f"{m['broker'].split(',')[0]}", fontsize=11)

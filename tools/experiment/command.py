@@ -1,4 +1,4 @@
-"""The ``kcron experiment`` command group."""
+"""``python -m tools.experiment``: the command line of ``make partitions-experiment``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from kcron.errors import BrokerError, ConfigError, ExitCode, KcronError
-from kcron.experiment.report import summary_table, timing_table, write_report
-from kcron.experiment.runner import (
+from kcron.errors import ConfigError, ExitCode, KcronError
+from tools.experiment.report import summary_table, timing_table, write_report
+from tools.experiment.runner import (
     DEFAULT_PARTITIONS,
     MIN_RUNS,
     CaseResult,
@@ -36,7 +36,10 @@ def _int_list(text: str) -> tuple[int, ...]:
 
 @click.group("experiment")
 def experiment_group() -> None:
-    """Measured experiments on a real broker (dev tooling; needs requirements-dev.txt)."""
+    """Measured experiments on a real broker (dev tooling; needs requirements-dev.txt).
+
+    Run from the repository root: python -m tools.experiment partitions ...
+    """
 
 
 @experiment_group.command("partitions")
@@ -81,8 +84,8 @@ def experiment_group() -> None:
     envvar="KCRON_BOOTSTRAP_SERVERS",
     show_envvar=True,
     metavar="HOST:PORT[,...]",
-    help="An external cluster. Unset: a testcontainers broker if Docker answers, "
-    "else the embedded broker.",
+    help="An external cluster. Unset: a Kafka container (pulled when missing), else the "
+    "dev broker image (built when missing), else the embedded broker.",
 )
 @click.option(
     "-X",
@@ -100,7 +103,7 @@ def experiment_group() -> None:
     show_envvar=True,
     default=True,
     show_default=True,
-    help="Without an external cluster, try testcontainers before the embedded broker.",
+    help="Without an external cluster, try containers before the embedded broker.",
 )
 @click.option(
     "--keep-logs", is_flag=True, help="Keep the workers' log files (kept anyway on failure)."
@@ -140,6 +143,17 @@ def partitions_command(
         sys.exit(exc.exit_code)
 
 
+def _rerun_line(partitions: tuple[int, ...], consumers: int, runs: int, extras: bool) -> str:
+    """How to run this again, as the report says it."""
+    listed = " ".join(map(str, partitions))
+    rerun = f'python -m tools.experiment partitions --partitions "{listed}" --consumers {consumers}'
+    rerun += f" --runs {runs}" + ("" if extras else " --no-extras")
+    rerun = f"`{rerun}`"
+    if (partitions, consumers, runs, extras) == (DEFAULT_PARTITIONS, 2, MIN_RUNS, True):
+        rerun = f"`make partitions-experiment`, which runs {rerun}"
+    return rerun
+
+
 def _partitions(
     partitions: tuple[int, ...],
     consumers: int,
@@ -154,8 +168,8 @@ def _partitions(
     import gc
     import importlib.util
 
-    from kcron.broker import select_broker
     from kcron.log import configure
+    from tools.brokers import select_broker
 
     if importlib.util.find_spec("matplotlib") is None:  # fail now, not after the measuring
         raise ConfigError("the chart needs matplotlib: pip install -r requirements-dev.txt")
@@ -169,17 +183,9 @@ def _partitions(
 
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        try:
-            info = stack.enter_context(
-                select_broker(bootstrap_servers, str(workdir / "broker.log"), use_docker=docker)
-            )
-        except BrokerError as exc:
-            if bootstrap_servers or not docker:
-                raise
-            say(f"testcontainers broker unavailable ({exc}); using the embedded broker")
-            info = stack.enter_context(
-                select_broker(None, str(workdir / "broker.log"), use_docker=False)
-            )
+        info = stack.enter_context(
+            select_broker(bootstrap_servers, str(workdir / "broker.log"), use_docker=docker)
+        )
         say(f"broker: {info}")
         say(f"{plural(len(cases), 'case')}, {runs} runs each; worker logs in {workdir}")
         rows = run_experiment(
@@ -187,12 +193,7 @@ def _partitions(
         )
         gc.collect()  # no Kafka client of ours may outlive the broker (librdkafka would log)
     elapsed = time.monotonic() - started
-    listed = " ".join(map(str, partitions))
-    rerun = f'kcron experiment partitions --partitions "{listed}" --consumers {consumers}'
-    rerun += f" --runs {runs}" + ("" if extras else " --no-extras")
-    rerun = f"`{rerun}`"
-    if (partitions, consumers, runs, extras) == (DEFAULT_PARTITIONS, 2, MIN_RUNS, True):
-        rerun = f"`make partitions-experiment`, which runs {rerun}"
+    rerun = _rerun_line(partitions, consumers, runs, extras)
     report, chart = write_report(rows, report_dir, str(info), runs, elapsed, rerun)
     click.echo(summary_table(rows))
     click.echo()

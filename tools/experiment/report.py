@@ -7,9 +7,10 @@ import platform
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from kcron import __version__
-from kcron.experiment.runner import (
+from tools.experiment.runner import (
     CONCURRENCY,
     FAST_COMMAND,
     REPORT_NAME,
@@ -19,6 +20,7 @@ from kcron.experiment.runner import (
     CaseResult,
     ConsumerResult,
     Failed,
+    Recovery,
     Row,
     Skipped,
     fmt_parts,
@@ -47,24 +49,7 @@ def _count(n: int, noun: str) -> str:
 def verdict(result: CaseResult) -> str:
     """What the case shows, in plain words."""
     if result.recovery is not None:
-        rec = result.recovery
-        survivors = "/".join(c.name for c in result.consumers if not c.stopped)
-        first = f"SIGTERM to {rec.stopped} after {rec.runs_before_stop} of {result.runs} runs"
-        if rec.in_flight:
-            first += ", mid-run"
-        parts = [first]
-        if rec.in_flight_finished:
-            parts.append("it finished its run and left")
-        if rec.reassigned_s is not None:
-            parts.append(
-                f"{survivors} owned {fmt_parts(range(result.partitions))} "
-                f"{rec.reassigned_s:.1f} s after the signal"
-            )
-        else:
-            parts.append(f"{survivors} never owned every partition")
-        if rec.resumed_s is not None:
-            parts.append(f"first moved run at {rec.resumed_s:.1f} s")
-        return "; ".join(parts)
+        return _recovery_verdict(result, result.recovery)
     if result.grown_from is not None and result.runs_after_growth is not None:
         new = list(range(result.grown_from, result.partitions))
         after = result.runs_after_growth
@@ -73,6 +58,30 @@ def verdict(result: CaseResult) -> str:
             f"new partition {fmt_parts(new)} took {got} of the {sum(after.values())} runs sent "
             "after the change; runs sent before stayed where they were"
         )
+    return _share_verdict(result)
+
+
+def _recovery_verdict(result: CaseResult, rec: Recovery) -> str:
+    survivors = "/".join(c.name for c in result.consumers if not c.stopped)
+    first = f"SIGTERM to {rec.stopped} after {rec.runs_before_stop} of {result.runs} runs"
+    if rec.in_flight:
+        first += ", mid-run"
+    parts = [first]
+    if rec.in_flight_finished:
+        parts.append("it finished its run and left")
+    if rec.reassigned_s is not None:
+        parts.append(
+            f"{survivors} owned {fmt_parts(range(result.partitions))} "
+            f"{rec.reassigned_s:.1f} s after the signal"
+        )
+    else:
+        parts.append(f"{survivors} never owned every partition")
+    if rec.resumed_s is not None:
+        parts.append(f"first moved run at {rec.resumed_s:.1f} s")
+    return "; ".join(parts)
+
+
+def _share_verdict(result: CaseResult) -> str:
     notes = []
     idle = [c.name for c in result.consumers if c.idle]
     if idle:
@@ -192,6 +201,34 @@ def _s(value: float | None) -> str:
     return "never" if value is None else f"{value:.2f} s"
 
 
+def _panel(ax: Any, result: CaseResult, colors: Sequence[Any]) -> None:
+    """One case: a bar per consumer, stacked by partition, its total on top."""
+    labels = [c.name + (" ✕" if c.stopped else "") for c in result.consumers]
+    bottoms = [0] * len(result.consumers)
+    for p in range(result.partitions):
+        heights = [c.runs_by_partition.get(p, 0) for c in result.consumers]
+        ax.bar(
+            labels,
+            heights,
+            bottom=bottoms,
+            color=colors[p % len(colors)],
+            label=f"partition {p}",
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for x, total in enumerate(bottoms):
+        text = str(total) if total else "0\nidle"
+        ax.text(x, total, text, ha="center", va="bottom", fontsize=8)
+    title = f"P={result.partitions}, C={len(result.consumers)}"
+    if result.recovery is not None:
+        title += "\none stopped (✕)"
+    elif result.grown_from is not None:
+        title = f"P={result.grown_from}→{result.partitions}, C={len(result.consumers)}\ngrown live"
+    ax.set_title(title, fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+
+
 def write_chart(rows: Sequence[Row], path: Path) -> Path | None:
     """Runs per consumer, one panel per case, each bar stacked by partition."""
     results = [r for r in rows if isinstance(r, CaseResult)]
@@ -208,32 +245,7 @@ def write_chart(rows: Sequence[Row], path: Path) -> Path | None:
     width = max(6.0, 2.1 * len(results))
     fig, axes = plt.subplots(1, len(results), figsize=(width, 4.2), sharey=True, squeeze=False)
     for ax, result in zip(axes[0], results, strict=True):
-        labels = [c.name + (" ✕" if c.stopped else "") for c in result.consumers]
-        bottoms = [0] * len(result.consumers)
-        for p in range(result.partitions):
-            heights = [c.runs_by_partition.get(p, 0) for c in result.consumers]
-            ax.bar(
-                labels,
-                heights,
-                bottom=bottoms,
-                color=colors[p % len(colors)],
-                label=f"partition {p}",
-                edgecolor="white",
-                linewidth=0.5,
-            )
-            bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-        for x, total in enumerate(bottoms):
-            text = str(total) if total else "0\nidle"
-            ax.text(x, total, text, ha="center", va="bottom", fontsize=8)
-        title = f"P={result.partitions}, C={len(result.consumers)}"
-        if result.recovery is not None:
-            title += "\none stopped (✕)"
-        elif result.grown_from is not None:
-            title = (
-                f"P={result.grown_from}→{result.partitions}, C={len(result.consumers)}\ngrown live"
-            )
-        ax.set_title(title, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8)
+        _panel(ax, result, colors)
     axes[0][0].set_ylabel("runs executed")
     handles = [Rectangle((0, 0), 1, 1, color=colors[p % len(colors)]) for p in range(most)]
     fig.legend(
@@ -258,22 +270,13 @@ def write_chart(rows: Sequence[Row], path: Path) -> Path | None:
     return path
 
 
-def render_report(
-    rows: Sequence[Row],
-    broker: str,
-    runs: int,
-    when: datetime,
-    elapsed_s: float,
-    chart: str | None,
-    command_line: str,
-) -> str:
-    results = [r for r in rows if isinstance(r, CaseResult)]
-    consumer_rows = []
+def _consumer_rows(results: Sequence[CaseResult]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
     for r in results:
         for c in r.consumers:
             by_part = " · ".join(f"p{p}: {n}" for p, n in c.runs_by_partition.items()) or "—"
             final = fmt_parts(c.final_partitions) if not c.stopped else "stopped"
-            consumer_rows.append(
+            rows.append(
                 (
                     r.name,
                     c.name,
@@ -284,7 +287,13 @@ def render_report(
                     str(c.exit_code),
                 )
             )
-    lines = [
+    return rows
+
+
+def _header(
+    broker: str, runs: int, when: datetime, elapsed_s: float, command_line: str
+) -> list[str]:
+    return [
         "# What partitions do: measured",
         "",
         f"- Date: {when.strftime('%Y-%m-%d %H:%M UTC')}",
@@ -301,77 +310,108 @@ def render_report(
         '"run succeeded"), never from offsets: a run is identified by its run id.',
         f"- Rerun: {command_line}",
         "",
-        "## Result",
-        "",
-        summary_table(rows),
-        "",
     ]
+
+
+def _tables(rows: Sequence[Row], chart: str | None) -> list[str]:
+    results = [r for r in rows if isinstance(r, CaseResult)]
+    lines = ["## Result", "", summary_table(rows), ""]
     if chart:
         lines += [f"![Runs per consumer, stacked by partition]({chart})", ""]
+    consumer_header = (
+        "Case",
+        "Consumer",
+        "Partitions",
+        "At the end",
+        "Runs",
+        "Runs by partition",
+        "Exit code",
+    )
     lines += [
         "## Per consumer",
         "",
         "Partitions owned once the group was stable (before any run arrived) and at the end.",
         "",
-        markdown_table(
-            (
-                "Case",
-                "Consumer",
-                "Partitions",
-                "At the end",
-                "Runs",
-                "Runs by partition",
-                "Exit code",
-            ),
-            consumer_rows,
-        ),
+        markdown_table(consumer_header, _consumer_rows(results)),
         "",
         "## Timing",
         "",
         timing_table(rows),
         "",
-        "## Notes",
-        "",
-        "- Runs spread because the key is a fresh UUID per run: the producer's partitioner hashes "
-        "it (librdkafka's default `consistent_random` uses CRC32; Java clients use murmur2), so "
-        "each partition gets about 1/P of the runs. A per-job key would send every run of a job "
-        "to one partition, so one worker would run that job forever, and the others none of it.",
-        "- Within a group a partition has exactly one owner, so workers beyond the partition count "
-        "are idle standbys, and a worker with two partitions does the work of two.",
-        "- Adding partitions to a live topic (`kafka-topics --alter --partitions N`): the group "
-        "rebalances and the new partitions get a share of the runs sent afterwards. Runs already "
-        "queued stay where they are. With UUID keys nothing else changes; with per-job keys a "
-        "job would move to another partition, so its next run could start before the previous "
-        "one, still queued on the old partition, has run. Kafka cannot remove partitions.",
     ]
-    for result in results:
-        rec = result.recovery
-        if rec is None or rec.noticed_s is None or rec.reassigned_s is None:
-            continue
-        lines.append(
-            f"- Recovery ({result.name}): the survivor learnt of the rebalance at its next "
-            f"heartbeat, {rec.noticed_s:.1f} s after the signal (heartbeat.interval.ms is "
-            f"session.timeout/10: {SESSION_TIMEOUT_MS // 10} ms here, 4.5 s with kcron's default "
-            f"45 s session timeout); the broker completed the rejoin "
-            f"{rec.reassigned_s - rec.noticed_s:.1f} s later (the dev broker holds a join for "
-            "about session.timeout/2; Kafka completes it once the remaining members rejoined)"
-            + (
-                f"; the first run of the moved partition started "
-                f"{rec.resumed_s - rec.reassigned_s:.1f} s after that, behind the runs the "
-                "survivor had fetched first from its own partition"
-                if rec.resumed_s is not None
-                else ""
-            )
-            + ". A worker killed with SIGKILL (not measured here) leaves no LeaveGroup: its "
-            "partitions move only after session.timeout, and the run it had in flight runs "
-            "again elsewhere (at-least-once)."
+    return lines
+
+
+_NOTES = [
+    "## Notes",
+    "",
+    "- Runs spread because the key is a fresh UUID per run: the producer's partitioner hashes "
+    "it (librdkafka's default `consistent_random` uses CRC32; Java clients use murmur2), so "
+    "each partition gets about 1/P of the runs. A per-job key would send every run of a job "
+    "to one partition, so one worker would run that job forever, and the others none of it.",
+    "- Within a group a partition has exactly one owner, so workers beyond the partition count "
+    "are idle standbys, and a worker with two partitions does the work of two.",
+    "- Adding partitions to a live topic (`kafka-topics --alter --partitions N`): the group "
+    "rebalances and the new partitions get a share of the runs sent afterwards. Runs already "
+    "queued stay where they are. With UUID keys nothing else changes; with per-job keys a "
+    "job would move to another partition, so its next run could start before the previous "
+    "one, still queued on the old partition, has run. Kafka cannot remove partitions.",
+]
+
+
+def _recovery_note(result: CaseResult) -> str | None:
+    rec = result.recovery
+    if rec is None or rec.noticed_s is None or rec.reassigned_s is None:
+        return None
+    return (
+        f"- Recovery ({result.name}): the survivor learnt of the rebalance at its next "
+        f"heartbeat, {rec.noticed_s:.1f} s after the signal (heartbeat.interval.ms is "
+        f"session.timeout/10: {SESSION_TIMEOUT_MS // 10} ms here, 4.5 s with kcron's default "
+        f"45 s session timeout); the broker completed the rejoin "
+        f"{rec.reassigned_s - rec.noticed_s:.1f} s later (the dev broker holds a join for "
+        "about session.timeout/2; Kafka completes it once the remaining members rejoined)"
+        + (
+            f"; the first run of the moved partition started "
+            f"{rec.resumed_s - rec.reassigned_s:.1f} s after that, behind the runs the "
+            "survivor had fetched first from its own partition"
+            if rec.resumed_s is not None
+            else ""
         )
+        + ". A worker killed with SIGKILL (not measured here) leaves no LeaveGroup: its "
+        "partitions move only after session.timeout, and the run it had in flight runs "
+        "again elsewhere (at-least-once)."
+    )
+
+
+def _notes(rows: Sequence[Row]) -> list[str]:
+    lines = list(_NOTES)
+    for result in rows:
+        note = _recovery_note(result) if isinstance(result, CaseResult) else None
+        if note is not None:
+            lines.append(note)
     for skipped in rows:
         if isinstance(skipped, Skipped):
             lines.append(f"- Skipped here: {skipped.name}: {skipped.reason}.")
     for failed in rows:
         if isinstance(failed, Failed):
             lines += ["", f"### FAILED: {failed.name}", "", "```", failed.error, "```"]
+    return lines
+
+
+def render_report(
+    rows: Sequence[Row],
+    broker: str,
+    runs: int,
+    when: datetime,
+    elapsed_s: float,
+    chart: str | None,
+    command_line: str,
+) -> str:
+    lines = [
+        *_header(broker, runs, when, elapsed_s, command_line),
+        *_tables(rows, chart),
+        *_notes(rows),
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,4 +1,4 @@
-"""``kcron experiment partitions``: what 1, 2 or 3 partitions do to a group of workers.
+"""The partitions experiment: what 1, 2 or 3 partitions do to a group of workers.
 
 For each case: a fresh topic with P partitions, C real ``kcron consume``
 processes in one new consumer group (JSON logs, one file each), a backfill of
@@ -13,29 +13,26 @@ partitions, more workers than partitions, a worker stopped mid-run, and a
 topic grown while the group runs (where the broker has CreatePartitions).
 
 This module imports no Kafka client at import time (``kcron`` imports it for
-every command); the Kafka work goes through kcron.kafka and kcron.producer.
+every command); the Kafka work goes through kcron.kafka and kcron's backfill.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kcron.errors import BrokerError, ExitCode, KcronError
 from kcron.settings import Settings
+from tools.harness import Process, kcron_argv, parse_ts
 
 Progress = Callable[[str], None]
 
@@ -59,7 +56,6 @@ MIN_RUNS = 120
 _END_MESSAGES = ("run succeeded", "run failed")
 DEFAULT_PARTITIONS = (1, 2, 3)
 REPORT_NAME = "partitions-experiment"
-_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
 class ExperimentError(KcronError):
@@ -169,64 +165,20 @@ Row = CaseResult | Skipped | Failed
 # -- worker processes and their logs ----------------------------------------------
 
 
-def _parse_ts(text: str) -> float:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC).timestamp()
-
-
-class _Worker:
+class _Worker(Process):
     """One real ``kcron consume`` process whose JSON log lines go to a file."""
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kcron", "consume"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        self._records: list[dict[str, Any]] = []
-        self._offset = 0
-        self.signalled_at: float | None = None
-
-    def records(self) -> list[dict[str, Any]]:
-        """Every JSON log line so far (read incrementally; a partial last line waits)."""
-        with open(self.log_path, "rb") as fh:
-            fh.seek(self._offset)
-            data = fh.read()
-        end = data.rfind(b"\n") + 1
-        self._offset += end
-        for line in data[:end].splitlines():
-            if line.startswith(b"{"):
-                with contextlib.suppress(ValueError):
-                    self._records.append(json.loads(line))
-        return self._records
-
-    def tail(self, chars: int = 2000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def check_alive(self, what: str) -> None:
-        if self.proc.poll() is not None and self.signalled_at is None:
-            raise ExperimentError(
-                f"worker {self.name} exited with code {self.proc.returncode} while waiting for "
-                f"{what}; its log ({self.log_path}) ends:\n{self.tail()}"
-            )
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.signalled_at = time.time()
-            self.proc.send_signal(signal.SIGTERM)
+        super().__init__(kcron_argv("consume"), env, log_path, name=name, failure=ExperimentError)
 
     def wait(self, timeout: float = GRACE_S + 20.0) -> int:
-        try:
-            code = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._log.close()
-        return code
+        return super().wait(timeout)
+
+
+def _kcron_parent() -> str:
+    import kcron
+
+    return str(Path(kcron.__file__).resolve().parent.parent)
 
 
 def worker_env(
@@ -253,7 +205,7 @@ def worker_env(
         KCRON_GRACE=str(GRACE_S),
         PYTHONUNBUFFERED="1",
         # The workers run the same kcron as this process, installed or not.
-        PYTHONPATH=os.pathsep.join(p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p),
+        PYTHONPATH=os.pathsep.join(p for p in (_kcron_parent(), env.get("PYTHONPATH")) if p),
     )
     if kafka_options:
         env["KCRON_KAFKA_OPTIONS"] = " ".join(kafka_options)
@@ -264,7 +216,7 @@ def _assignment(records: Sequence[dict[str, Any]], until: float | None = None) -
     """Partitions a worker owns after ``records`` (None: it never got an assignment)."""
     owned: set[int] | None = None
     for rec in records:
-        if until is not None and _parse_ts(rec["ts"]) > until:
+        if until is not None and parse_ts(rec["ts"]) > until:
             break
         msg = rec.get("msg", "")
         if msg == "partitions assigned":
@@ -304,7 +256,7 @@ def _wait_stable(
             return now
         seen = now
         time.sleep(0.2)
-    tails = "\n".join(f"--- {w.name} ({w.log_path}):\n{w.tail(800)}" for w in workers)
+    tails = "\n".join(f"--- {w.name} ({w.log_path}):\n{w.tail.text_tail(800)}" for w in workers)
     raise ExperimentError(
         f"the group did not settle on {partitions} partitions in {timeout:g}s\n{tails}"
     )
@@ -387,14 +339,81 @@ def _settings(
 
 def _backfill(settings: Settings, job_file: Path, first: int, count: int) -> int:
     """Produce runs ``first`` .. ``first+count-1`` of the one-a-minute job file."""
-    from kcron import jobfile, producer, schedule
+    from kcron import jobfile, schedule
 
     jobs = jobfile.load(job_file).jobs
     start = WINDOW_START + timedelta(minutes=first)
     planned = schedule.runs_between(jobs, start, start + timedelta(minutes=count))
     if len(planned) != count:
         raise ExperimentError(f"the job file yields {len(planned)} runs, not {count}")
-    return producer.backfill(settings, jobs, planned)
+    import importlib
+    import importlib.util
+
+    # The producer split (issue 10) moved backfill to kcron.dispatch, without the
+    # jobs argument; before it, kcron.producer had it. Either tree type-checks.
+    if importlib.util.find_spec("kcron.dispatch") is not None:
+        return int(importlib.import_module("kcron.dispatch").backfill(settings, planned))
+    producer = importlib.import_module("kcron.producer")
+    return int(producer.backfill(settings, jobs, planned))
+
+
+@dataclass
+class _Case:
+    """A case while it runs: its topic, its workers and what happened to them."""
+
+    bootstrap: str
+    settings: Settings
+    options: list[str]
+    workdir: Path
+    tag: str
+    partitions: int
+    runs: int
+    command: str
+    stop_one_after: int | None
+    grow_to: int | None
+    say: Progress
+    workers: list[_Worker] = field(default_factory=list)
+    stable: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    stable_s: float = 0.0
+    drain_s: float = 0.0
+    teardown: float = 0.0
+    victim: _Worker | None = None
+    stop_at: float | None = None
+    runs_before_stop: int = 0
+    in_flight_run: str | None = None
+    exited_s: float | None = None
+    codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def topic(self) -> str:
+        return self.settings.topic
+
+    @property
+    def group(self) -> str:
+        return f"kcron-experiment-{self.tag}"
+
+    @property
+    def job_file(self) -> Path:
+        return self.workdir / f"{self.tag}.cron"
+
+    @property
+    def timeout(self) -> float:
+        return 30.0 + self.runs * 0.25
+
+    @property
+    def first_half(self) -> int:
+        return self.runs if self.grow_to is None else self.runs // 2
+
+
+def _check_case(
+    partitions: int, consumers: int, runs: int, stop: int | None, grow: int | None
+) -> None:
+    if partitions < 1 or consumers < 1 or runs < 1:
+        raise ValueError("partitions, consumers and runs must be at least 1")
+    if stop is not None and consumers < 2:
+        raise ValueError("stopping a worker mid-run needs a survivor: consumers >= 2")
+    if grow is not None and grow <= partitions:
+        raise ValueError("grow_to must be more than partitions")
 
 
 def run_case(
@@ -419,177 +438,196 @@ def run_case(
     topic to that many partitions (raises UnsupportedByBroker where the
     broker cannot), then backfill the other half.
     """
-    from kcron import kafka
-
-    if partitions < 1 or consumers < 1 or runs < 1:
-        raise ValueError("partitions, consumers and runs must be at least 1")
-    if stop_one_after is not None and consumers < 2:
-        raise ValueError("stopping a worker mid-run needs a survivor: consumers >= 2")
-    if grow_to is not None and grow_to <= partitions:
-        raise ValueError("grow_to must be more than partitions")
+    _check_case(partitions, consumers, runs, stop_one_after, grow_to)
     command = command or (SLOW_COMMAND if stop_one_after is not None else FAST_COMMAND)
     kind = "stop" if stop_one_after is not None else "grow" if grow_to is not None else "share"
     name = name or Case(partitions, consumers, kind, grow_to).name
     tag = uuid.uuid4().hex[:10]
-    topic, group = f"kcron.experiment.{tag}", f"kcron-experiment-{tag}"
-    settings = _settings(bootstrap, topic, partitions, kafka_options)
     options = list(kafka_options)
     if grow_to is not None:
         # librdkafka notices new partitions at its next metadata refresh (5 min by default).
         options.append("topic.metadata.refresh.interval.ms=1000")
-    say = progress
-
     with _workdir(workdir) as wd:
-        kafka.wait_for_broker(settings)
-        if grow_to is not None:  # ask before starting anything: the dev broker cannot
-            kafka.add_partitions(settings, _probe_topic(settings), 2)
-        if kafka.ensure_topic(settings) != partitions:
-            raise ExperimentError(f"topic {topic} exists with another partition count")
-        job_file = wd / f"{tag}.cron"
-        job_file.write_text(f"# kcron experiment: one run a minute\n{job_line(command)}\n")
-        names = [f"c{i + 1}" for i in range(consumers)]
-        say(
-            f"topic {topic} ({plural(partitions, 'partition')}); "
-            f"starting {', '.join(names)} in group {group}"
+        case = _Case(
+            bootstrap=bootstrap,
+            settings=_settings(bootstrap, f"kcron.experiment.{tag}", partitions, kafka_options),
+            options=options,
+            workdir=wd,
+            tag=tag,
+            partitions=partitions,
+            runs=runs,
+            command=command,
+            stop_one_after=stop_one_after,
+            grow_to=grow_to,
+            say=progress,
         )
-        workers: list[_Worker] = []
-        stop_at: float | None = None
-        runs_before_stop = 0
-        in_flight_run: str | None = None
-        victim: _Worker | None = None
-        exited_s: float | None = None
+        _prepare_topic(case)
         try:
-            started = time.monotonic()
-            for n in names:
-                env = worker_env(bootstrap, topic, group, n, partitions, options)
-                workers.append(_Worker(n, env, wd / f"{tag}-{n}.log"))
-            stable = _wait_stable(workers, partitions)
-            stable_s = time.monotonic() - started
-            say(
-                f"group stable after {stable_s:.1f} s: "
-                + ", ".join(f"{n} owns {fmt_parts(stable[n])}" for n in names)
-            )
-
-            backfill_started = time.monotonic()
-            first_half = runs if grow_to is None else runs // 2
-            _backfill(settings, job_file, 0, first_half)
-            say(f"backfilled {first_half} runs (UUID keys)")
-            timeout = 30.0 + runs * 0.25
-
-            if stop_one_after is not None:
-                busy = [w for w in workers if stable[w.name]]
-                victim = busy[-1]
-
-                def caught_mid_run() -> bool:
-                    ends = _ends(workers)
-                    if len(ends) < min(stop_one_after, runs - 1):
-                        return False
-                    mine = [r for r in victim.records() if r.get("msg", "").startswith("run ")]
-                    return bool(mine) and mine[-1]["msg"] == "run started"
-
-                _wait_runs(workers, runs, timeout, say, "", until=caught_mid_run)
-                runs_before_stop = len(_ends(workers))
-                mine = [r for r in victim.records() if r.get("msg", "").startswith("run ")]
-                if mine and mine[-1]["msg"] == "run started":
-                    in_flight_run = str(mine[-1]["run"])
-                victim.terminate()
-                stop_at = victim.signalled_at
-                say(
-                    f"SIGTERM to {victim.name} (owns {fmt_parts(stable[victim.name])}) after "
-                    f"{runs_before_stop} runs" + (", with a run in flight" if in_flight_run else "")
-                )
-                code = victim.wait()
-                exited_s = time.time() - (stop_at or time.time())
-                say(f"{victim.name} exited with code {code} {exited_s:.2f} s after the signal")
-
-            if grow_to is not None:
-                _wait_runs(workers, first_half, timeout, say, "")
-                kafka.add_partitions(settings, topic, grow_to)
-                say(f"grew {topic} from {partitions} to {grow_to} partitions")
-                _wait_stable(workers, grow_to)
-                _backfill(settings, job_file, first_half, runs - first_half)
-                say(f"backfilled {runs - first_half} more runs")
-
-            _wait_runs(workers, runs, timeout, say, "")
-            drain_s = time.monotonic() - backfill_started
-            time.sleep(SETTLE_S)  # a duplicate would show up now
-            teardown = time.time()
+            _start_group(case, [f"c{i + 1}" for i in range(consumers)])
+            _drive(case)
         finally:
-            for worker in workers:
+            for worker in case.workers:
                 worker.terminate()
-            codes = {w.name: w.wait() for w in workers}
+            case.codes = {w.name: w.wait() for w in case.workers}
+    result = _measure(case, name, str(workdir) if workdir is not None else "")
+    progress(
+        f"{result.executed}/{runs} runs executed in {case.drain_s:.1f} s, "
+        f"{result.duplicates} duplicates, {result.lost} lost"
+    )
+    return result
 
-    total_partitions = grow_to or partitions
-    results = []
-    for worker in workers:
-        records = worker.records()
-        ends = [r for r in records if r.get("msg") in _END_MESSAGES]
-        final = _assignment(records, until=stop_at if worker is victim else teardown) or set()
-        results.append(
-            ConsumerResult(
-                name=worker.name,
-                partitions=stable[worker.name],
-                final_partitions=tuple(sorted(final)),
-                runs=len(ends),
-                runs_by_partition=dict(sorted(Counter(int(r["partition"]) for r in ends).items())),
-                stopped=worker is victim,
-                exit_code=codes[worker.name],
-            )
-        )
-    all_records = [r for w in workers for r in w.records()]
+
+def _prepare_topic(case: _Case) -> None:
+    from kcron import kafka
+
+    kafka.wait_for_broker(case.settings)
+    if case.grow_to is not None:  # ask before starting anything: the dev broker cannot
+        kafka.add_partitions(case.settings, _probe_topic(case.settings), 2)
+    if kafka.ensure_topic(case.settings) != case.partitions:
+        raise ExperimentError(f"topic {case.topic} exists with another partition count")
+    case.job_file.write_text(f"# kcron experiment: one run a minute\n{job_line(case.command)}\n")
+
+
+def _start_group(case: _Case, names: list[str]) -> None:
+    case.say(
+        f"topic {case.topic} ({plural(case.partitions, 'partition')}); "
+        f"starting {', '.join(names)} in group {case.group}"
+    )
+    started = time.monotonic()
+    for n in names:
+        env = worker_env(case.bootstrap, case.topic, case.group, n, case.partitions, case.options)
+        case.workers.append(_Worker(n, env, case.workdir / f"{case.tag}-{n}.log"))
+    case.stable = _wait_stable(case.workers, case.partitions)
+    case.stable_s = time.monotonic() - started
+    case.say(
+        f"group stable after {case.stable_s:.1f} s: "
+        + ", ".join(f"{n} owns {fmt_parts(case.stable[n])}" for n in names)
+    )
+
+
+def _drive(case: _Case) -> None:
+    """Backfill, stop a worker or grow the topic on the way, wait for every run."""
+    backfill_started = time.monotonic()
+    _backfill(case.settings, case.job_file, 0, case.first_half)
+    case.say(f"backfilled {case.first_half} runs (UUID keys)")
+    if case.stop_one_after is not None:
+        _stop_one_mid_run(case, case.stop_one_after)
+    if case.grow_to is not None:
+        _grow(case, case.grow_to)
+    _wait_runs(case.workers, case.runs, case.timeout, case.say, "")
+    case.drain_s = time.monotonic() - backfill_started
+    time.sleep(SETTLE_S)  # a duplicate would show up now
+    case.teardown = time.time()
+
+
+def _last_run_record(worker: _Worker) -> dict[str, Any] | None:
+    mine = [r for r in worker.records() if r.get("msg", "").startswith("run ")]
+    return mine[-1] if mine else None
+
+
+def _stop_one_mid_run(case: _Case, after: int) -> None:
+    """SIGTERM the last busy worker once ``after`` runs ended and it has one in flight."""
+    workers = case.workers
+    victim = [w for w in workers if case.stable[w.name]][-1]
+
+    def caught_mid_run() -> bool:
+        if len(_ends(workers)) < min(after, case.runs - 1):
+            return False
+        last = _last_run_record(victim)
+        return last is not None and last["msg"] == "run started"
+
+    _wait_runs(workers, case.runs, case.timeout, case.say, "", until=caught_mid_run)
+    case.runs_before_stop = len(_ends(workers))
+    last = _last_run_record(victim)
+    if last is not None and last["msg"] == "run started":
+        case.in_flight_run = str(last["run"])
+    victim.terminate()
+    case.victim, case.stop_at = victim, victim.signalled_at
+    case.say(
+        f"SIGTERM to {victim.name} (owns {fmt_parts(case.stable[victim.name])}) after "
+        f"{case.runs_before_stop} runs" + (", with a run in flight" if case.in_flight_run else "")
+    )
+    code = victim.wait()
+    case.exited_s = time.time() - (case.stop_at or time.time())
+    case.say(f"{victim.name} exited with code {code} {case.exited_s:.2f} s after the signal")
+
+
+def _grow(case: _Case, grow_to: int) -> None:
+    """Once the first half ran: grow the topic, let the group settle, send the second half."""
+    from kcron import kafka
+
+    _wait_runs(case.workers, case.first_half, case.timeout, case.say, "")
+    kafka.add_partitions(case.settings, case.topic, grow_to)
+    case.say(f"grew {case.topic} from {case.partitions} to {grow_to} partitions")
+    _wait_stable(case.workers, grow_to)
+    rest = case.runs - case.first_half
+    _backfill(case.settings, case.job_file, case.first_half, rest)
+    case.say(f"backfilled {rest} more runs")
+
+
+def _consumer_result(case: _Case, worker: _Worker) -> ConsumerResult:
+    records = worker.records()
+    ends = [r for r in records if r.get("msg") in _END_MESSAGES]
+    until = case.stop_at if worker is case.victim else case.teardown
+    final = _assignment(records, until=until) or set()
+    return ConsumerResult(
+        name=worker.name,
+        partitions=case.stable[worker.name],
+        final_partitions=tuple(sorted(final)),
+        runs=len(ends),
+        runs_by_partition=dict(sorted(Counter(int(r["partition"]) for r in ends).items())),
+        stopped=worker is case.victim,
+        exit_code=case.codes[worker.name],
+    )
+
+
+def _case_recovery(case: _Case) -> Recovery | None:
+    if case.victim is None or case.stop_at is None:
+        return None
+    return _recovery(
+        case.victim,
+        [w for w in case.workers if w is not case.victim],
+        case.stable[case.victim.name],
+        case.grow_to or case.partitions,
+        case.stop_at,
+        case.runs_before_stop,
+        case.in_flight_run,
+        case.exited_s,
+    )
+
+
+def _measure(case: _Case, name: str, log_dir: str) -> CaseResult:
+    """The case's result, from the workers' logs alone."""
+    all_records = [r for w in case.workers for r in w.records()]
     ends = [r for r in all_records if r.get("msg") in _END_MESSAGES]
     per_run = Counter(r["run"] for r in ends)
     scheduled = {r["run"]: r["scheduled_for"] for r in all_records if r.get("msg") == "run started"}
     executed_slots = {scheduled.get(run) for run in per_run}
-    expected_slots = {_slot(i) for i in range(runs)}
-    lost = len(expected_slots - executed_slots)
-    recovery = None
-    if victim is not None and stop_at is not None:
-        recovery = _recovery(
-            victim,
-            [w for w in workers if w is not victim],
-            stable[victim.name],
-            total_partitions,
-            stop_at,
-            runs_before_stop,
-            in_flight_run,
-            exited_s,
-        )
+    lost = len({_slot(i) for i in range(case.runs)} - executed_slots)
     grown = None
-    if grow_to is not None:
-        grown = dict(
-            sorted(
-                Counter(
-                    int(r["partition"])
-                    for r in ends
-                    if scheduled.get(r["run"], "") >= _slot(runs // 2)
-                ).items()
-            )
-        )
-    result = CaseResult(
+    if case.grow_to is not None:
+        second_half = _slot(case.runs // 2)
+        after = (int(r["partition"]) for r in ends if scheduled.get(r["run"], "") >= second_half)
+        grown = dict(sorted(Counter(after).items()))
+    return CaseResult(
         name=name,
-        partitions=total_partitions,
-        consumers=tuple(results),
-        runs=runs,
+        partitions=case.grow_to or case.partitions,
+        consumers=tuple(_consumer_result(case, w) for w in case.workers),
+        runs=case.runs,
         executed=len(per_run),
         duplicates=sum(per_run.values()) - len(per_run),
         failed=sum(1 for r in ends if r["msg"] == "run failed"),
         lost=lost,
-        group_stable_s=stable_s,
-        drain_s=drain_s,
-        topic=topic,
-        group=group,
-        command=command,
-        recovery=recovery,
-        grown_from=partitions if grow_to is not None else None,
+        group_stable_s=case.stable_s,
+        drain_s=case.drain_s,
+        topic=case.topic,
+        group=case.group,
+        command=case.command,
+        recovery=_case_recovery(case),
+        grown_from=case.partitions if case.grow_to is not None else None,
         runs_after_growth=grown,
-        log_dir=str(workdir) if workdir is not None else "",
+        log_dir=log_dir,
     )
-    say(
-        f"{result.executed}/{runs} runs executed in {drain_s:.1f} s, "
-        f"{result.duplicates} duplicates, {lost} lost"
-    )
-    return result
 
 
 def _slot(index: int) -> str:
@@ -617,7 +655,7 @@ def _recovery(
     exited_s: float | None,
 ) -> Recovery:
     events = sorted(
-        ((_parse_ts(r["ts"]), w.name, r) for w in survivors for r in w.records()),
+        ((parse_ts(r["ts"]), w.name, r) for w in survivors for r in w.records()),
         key=lambda e: e[0],
     )
     owned = {w.name: _assignment(w.records(), until=stop_at) or set() for w in survivors}
