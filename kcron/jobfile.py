@@ -23,7 +23,7 @@ import math
 import re
 import unicodedata
 import zoneinfo
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,7 +207,7 @@ def default_name(stem: str, schedule: str, command: str, occurrence: int = 1) ->
     """A name derived from the line's content, not its position.
 
     Inserting or moving lines keeps every job's name (and so its history in
-    logs and, later, its dispatch state); editing the schedule or command
+    logs and its dispatch state); editing the schedule or command
     makes it a new job, which it is.
     """
     digest = hashlib.sha256(f"{schedule}\0{command}".encode("utf-8", "surrogatepass"))
@@ -216,71 +216,23 @@ def default_name(stem: str, schedule: str, command: str, occurrence: int = 1) ->
 
 
 def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job | None:
-    if raw_line.endswith(b"\r"):
-        raw_line = raw_line[:-1]
-    try:
-        text = raw_line.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise _LineInvalid(f"not valid UTF-8 (byte {exc.start + 1})") from None
-    if len(text) > MAX_LINE_CHARS:
-        raise _LineInvalid(f"line too long ({len(text)} characters, limit {MAX_LINE_CHARS})")
-    stripped = text.strip(" \t")
-    if not stripped or stripped.startswith("#"):
+    text = _line_text(raw_line)
+    if text is None:
         return None
-    _check_characters(text)
-
     # Tokens are read only as far as needed: the command is taken verbatim.
     tokens = _TOKEN_RE.finditer(text)
-    token = next(tokens, None)
-    options: dict[str, str] = {}
-    while token is not None and (opt := _OPTION_RE.fullmatch(token.group())):
-        key, value = opt.group(1), opt.group(2)
-        if key not in OPTION_KEYS:
-            raise _LineInvalid(f"unknown option '{key}' (known: {', '.join(OPTION_KEYS)})")
-        if key in options:
-            raise _LineInvalid(f"option '{key}' given twice")
-        options[key] = value
-        token = next(tokens, None)
-
+    options, token = _read_options(tokens)
     if token is None:
         raise _LineInvalid("missing schedule and command")
-    first = token.group()
-    if first.startswith("@"):
-        schedule = first
-        if schedule != REBOOT and schedule not in MACROS:
-            known = ", ".join([*MACROS, REBOOT])
-            raise _LineInvalid(f"unknown macro '{schedule}' (known: {known})")
-        rest = next(tokens, None)
-    else:
-        fields = [first, *(m.group() for m in itertools.islice(tokens, 4))]
-        if len(fields) < 5:
-            raise _LineInvalid(
-                f"schedule needs 5 fields (minute hour day-of-month month day-of-week), "
-                f"got {len(fields)} and no command"
-            )
-        schedule = " ".join(fields)
-        rest = next(tokens, None)
-        if rest is not None and _looks_like_a_field(rest.group()):
-            raise _LineInvalid(
-                f"'{rest.group()}' after 5 schedule fields looks like a 6th field: kcron uses "
-                "5-field cron (no seconds or years); put the command after the 5th field"
-            )
+    schedule, rest = _read_schedule(token.group(), tokens)
     if rest is None:
         raise _LineInvalid(f"missing command after schedule '{schedule}'")
     command = text[rest.start() :].rstrip(" \t")
-
     if schedule != REBOOT:
         error = _schedule_error(MACROS.get(schedule, schedule), options.get("tz"))
         if error is not None:
             raise _LineInvalid(error)
-
-    parsed: dict[str, object] = {}
-    for key, value in options.items():
-        try:
-            parsed[key] = _OPTION_PARSERS[key](value)
-        except ValueError as exc:
-            raise _LineInvalid(f"option {key}={value}: {exc}") from None
-
+    parsed = _option_values(options)
     return Job(
         name=str(parsed.get("name") or default_name(stem, schedule, command)),
         schedule=schedule,
@@ -293,6 +245,70 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
         shell=bool(parsed.get("shell", False)),
         tz=parsed.get("tz"),  # type: ignore[arg-type]
     )
+
+
+def _line_text(raw_line: bytes) -> str | None:
+    """The line as text, or None for a blank or comment line."""
+    if raw_line.endswith(b"\r"):
+        raw_line = raw_line[:-1]
+    try:
+        text = raw_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _LineInvalid(f"not valid UTF-8 (byte {exc.start + 1})") from None
+    if len(text) > MAX_LINE_CHARS:
+        raise _LineInvalid(f"line too long ({len(text)} characters, limit {MAX_LINE_CHARS})")
+    stripped = text.strip(" \t")
+    if not stripped or stripped.startswith("#"):
+        return None
+    _check_characters(text)
+    return text
+
+
+def _read_options(tokens: Iterator[re.Match[str]]) -> tuple[dict[str, str], re.Match[str] | None]:
+    """The leading key=value options, and the first token after them."""
+    token = next(tokens, None)
+    options: dict[str, str] = {}
+    while token is not None and (opt := _OPTION_RE.fullmatch(token.group())):
+        key, value = opt.group(1), opt.group(2)
+        if key not in OPTION_KEYS:
+            raise _LineInvalid(f"unknown option '{key}' (known: {', '.join(OPTION_KEYS)})")
+        if key in options:
+            raise _LineInvalid(f"option '{key}' given twice")
+        options[key] = value
+        token = next(tokens, None)
+    return options, token
+
+
+def _read_schedule(first: str, tokens: Iterator[re.Match[str]]) -> tuple[str, re.Match[str] | None]:
+    """The schedule (a macro or 5 fields), and the token that starts the command."""
+    if first.startswith("@"):
+        if first != REBOOT and first not in MACROS:
+            known = ", ".join([*MACROS, REBOOT])
+            raise _LineInvalid(f"unknown macro '{first}' (known: {known})")
+        return first, next(tokens, None)
+    fields = [first, *(m.group() for m in itertools.islice(tokens, 4))]
+    if len(fields) < 5:
+        raise _LineInvalid(
+            f"schedule needs 5 fields (minute hour day-of-month month day-of-week), "
+            f"got {len(fields)} and no command"
+        )
+    rest = next(tokens, None)
+    if rest is not None and _looks_like_a_field(rest.group()):
+        raise _LineInvalid(
+            f"'{rest.group()}' after 5 schedule fields looks like a 6th field: kcron uses "
+            "5-field cron (no seconds or years); put the command after the 5th field"
+        )
+    return " ".join(fields), rest
+
+
+def _option_values(options: dict[str, str]) -> dict[str, object]:
+    parsed: dict[str, object] = {}
+    for key, value in options.items():
+        try:
+            parsed[key] = _OPTION_PARSERS[key](value)
+        except ValueError as exc:
+            raise _LineInvalid(f"option {key}={value}: {exc}") from None
+    return parsed
 
 
 def _looks_like_a_field(token: str) -> bool:
