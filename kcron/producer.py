@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ log = logging.getLogger("kcron.producer")
 
 # Upper bound on one sleep, so a wall-clock jump or a changed file is noticed soon.
 MAX_SLEEP_S = 1.0
+# How often a stopping producer checks for a second signal while it leaves the group.
+LEAVE_SLICE_S = 0.1
 
 SignalHandler = Callable[[int, FrameType | None], None]
 
@@ -421,6 +424,8 @@ class ProducerService:
         if not self._stopping_at_once() and self._dispatcher is not None:
             self._dispatcher.close(self._stopping_at_once)
             self._dispatcher = None
+        if not self._stopping_at_once():
+            self._leave_group(elector)
         if self._stopping_at_once():
             code = 128 + self._stop_signum
             log.warning(
@@ -429,9 +434,29 @@ class ProducerService:
             )
             self._host.exit_now(code)
             return code
-        elector.close()
         log.info("producer stopped", extra=fields(producer_id=self._producer_id))
         return 0
+
+    def _leave_group(self, elector: Elector) -> None:
+        """Close the elector in a helper thread, waiting for it in wake-able slices.
+
+        Leaving the group can take seconds (a join in flight holds it back),
+        and a second signal must not wait for that.
+        """
+        failed: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                elector.close()
+            except BaseException as exc:  # handed to the main thread below
+                failed.append(exc)
+
+        leaving = threading.Thread(target=close, name="kcron-leave-group", daemon=True)
+        leaving.start()
+        while leaving.is_alive() and not self._stopping_at_once():
+            self._host.wait(LEAVE_SLICE_S)
+        if failed:
+            raise failed[0]
 
     def _close(self, elector: Elector) -> None:
         if self._dispatcher is not None:

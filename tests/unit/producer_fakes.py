@@ -3,6 +3,7 @@ kcron.dispatch.TxnProducer): the service runs on a virtual clock, no broker."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +31,7 @@ class FakeHost:
         self.restored = False
         self.on_stop: SignalHandler = lambda signum, frame: None
         self.on_hup: SignalHandler = lambda signum, frame: None
+        self.during_wait: Callable[[], None] = lambda: None
 
     def now(self) -> datetime:
         return self.clock
@@ -48,6 +50,7 @@ class FakeHost:
         self.waits.append(timeout)
         self.clock += timedelta(seconds=timeout)
         self.mono += timeout
+        self.during_wait()
 
     def exit_now(self, code: int) -> None:
         self.exited = code
@@ -58,6 +61,8 @@ class FakeElector:
 
     def __init__(self, script: dict[int, Action]) -> None:
         self.script = script
+        self.close_hangs: threading.Event | None = None  # close() waits for it when set
+        self.closing = False
         self.active = False
         self.changed = False
         self.polls = 0
@@ -75,6 +80,9 @@ class FakeElector:
             action()
 
     def close(self) -> None:
+        self.closing = True
+        if self.close_hangs is not None:
+            assert self.close_hangs.wait(10), "close() was never released"
         self.closed = True
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -361,3 +362,44 @@ def test_a_second_signal_while_flushing_at_stop_exits_at_once(tmp_path: Path) ->
     assert rig.service.run() == 128 + signal.SIGTERM
     assert txn.calls.count("flush") == 1
     assert rig.host.exited == 143
+
+
+def test_a_second_signal_while_leaving_the_group_exits_at_once(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.kafka.state = {"m": NOW}
+    release = threading.Event()
+    rig.elector.close_hangs = release  # e.g. a join in flight holds the LeaveGroup back
+
+    def second_signal_while_closing() -> None:
+        if rig.elector.closing:
+            rig.host.on_stop(signal.SIGTERM, None)
+
+    rig.host.during_wait = second_signal_while_closing
+    rig.script(p1="assign", p9=lambda: rig.host.on_stop(signal.SIGTERM, None))
+    try:
+        assert rig.service.run() == 143
+        assert rig.host.exited == 143
+        assert not rig.elector.closed
+    finally:
+        release.set()
+
+
+def test_a_single_signal_waits_until_the_group_is_left(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.kafka.state = {"m": NOW}
+    release = threading.Event()
+    rig.elector.close_hangs = release
+    waits_while_leaving: list[float] = []
+
+    def leaving() -> None:
+        if rig.elector.closing:
+            waits_while_leaving.append(rig.host.waits[-1])
+            if len(waits_while_leaving) == 3:
+                release.set()
+
+    rig.host.during_wait = leaving
+    rig.script(p1="assign", p9=lambda: rig.host.on_stop(signal.SIGTERM, None))
+    assert rig.service.run() == 0
+    assert rig.elector.closed
+    assert len(waits_while_leaving) >= 3
+    assert rig.host.exited is None
