@@ -182,6 +182,48 @@ class _FileStamp:
         return cls(st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+class _JobFileWatcher:
+    """Says when to reload the job file: on SIGHUP, or when it changed."""
+
+    def __init__(self, path: Path, interval_s: float, monotonic: Callable[[], float]) -> None:
+        self._path = path
+        self._interval_s = interval_s
+        self._monotonic = monotonic
+        self._stamp = _FileStamp.of(path)
+        self._last_check = monotonic()
+
+    def reason(self, hup: bool) -> str | None:
+        """Why to reload now, or None; the file is looked at once per watch interval."""
+        now = self._monotonic()
+        if not hup and now - self._last_check < self._interval_s:
+            return None
+        self._last_check = now
+        new_stamp = _FileStamp.of(self._path)
+        if not hup and new_stamp == self._stamp:
+            return None
+        self._stamp = new_stamp
+        return "SIGHUP" if hup else "file changed"
+
+
+def _load_or_keep(path: Path, reason: str) -> tuple[Job, ...] | None:
+    """The reloaded jobs, or None (logged) when the file is bad: the last good set stays."""
+    try:
+        return jobfile.load(path).jobs
+    except JobFileError as exc:
+        log.error(
+            "reload failed; keeping the last good job set",
+            extra=fields(reason=reason, file=str(path), errors=len(exc.errors)),
+        )
+        for err in exc.errors:
+            log.error(str(err))
+    except KcronError as exc:
+        log.error(
+            "reload failed; keeping the last good job set",
+            extra=fields(reason=reason, error=str(exc)),
+        )
+    return None
+
+
 def default_producer_id(jobs_path: str) -> str:
     """The job file's name: two producers on the same file fence each other."""
     return jobfile.name_stem(jobs_path)
@@ -215,8 +257,7 @@ class ProducerService:
         self._scheduler: Scheduler | None = None
         self._pending: list[Run] = []  # popped from the schedule, not yet committed
         self._rebooted = False
-        self._stamp: _FileStamp | None = None
-        self._last_check = 0.0
+        self._watcher: _JobFileWatcher | None = None
 
     # Signal handlers only set flags; the loop does the work.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -262,8 +303,7 @@ class ProducerService:
                 pid=os.getpid(),
             ),
         )  # fmt: skip
-        self._stamp = _FileStamp.of(self._path)
-        self._last_check = self._host.monotonic()
+        self._watcher = _JobFileWatcher(self._path, settings.watch_interval_s, self._host.monotonic)
         return elector
 
     def _step(self, elector: Elector) -> None:
@@ -352,55 +392,20 @@ class ProducerService:
 
     def _watch_job_file(self) -> None:
         """Reload on SIGHUP, and when the file changed (checked every watch interval)."""
-        now = self._host.monotonic()
-        if not self._reload and now - self._last_check < self._settings.watch_interval_s:
+        reason = self._watcher.reason(self._reload) if self._watcher is not None else None
+        if reason is None:
             return
-        self._last_check = now
-        new_stamp = _FileStamp.of(self._path)
-        if not self._reload and new_stamp == self._stamp:
-            return
-        reason = "SIGHUP" if self._reload else "file changed"
         self._reload = False
-        self._stamp = new_stamp
-        reloaded = self._reloaded(self._scheduler, self._jobs, reason)
-        if reloaded is not None:
-            self._scheduler, self._jobs = reloaded
-
-    def _sleep(self) -> None:
-        sleep = MAX_SLEEP_S
-        next_due = self._scheduler.next_due() if self._scheduler is not None else None
-        if next_due is not None:
-            wake_at = next_due - self._ahead
-            sleep = min(sleep, max(0.0, (wake_at - self._host.now()).total_seconds()))
-        if sleep > 0 and not self._pending:
-            self._host.wait(sleep)
-
-    def _reloaded(
-        self, scheduler: Scheduler | None, old: Sequence[Job], reason: str
-    ) -> tuple[Scheduler | None, tuple[Job, ...]] | None:
-        try:
-            new = jobfile.load(self._path).jobs
-        except JobFileError as exc:
-            log.error(
-                "reload failed; keeping the last good job set",
-                extra=fields(reason=reason, file=str(self._path), errors=len(exc.errors)),
-            )
-            for err in exc.errors:
-                log.error(str(err))
-            return None
-        except KcronError as exc:
-            log.error(
-                "reload failed; keeping the last good job set",
-                extra=fields(reason=reason, error=str(exc)),
-            )
-            return None
-        old_names = {j.name for j in old}
+        new = _load_or_keep(self._path, reason)
+        if new is None:
+            return
+        old_names = {j.name for j in self._jobs}
         new_names = {j.name for j in new}
-        replacement = None
-        if scheduler is not None:
+        if self._scheduler is not None:
             # Resume from the old cursor: runs already handed out are not repeated,
             # and runs due between the last tick and now are not skipped.
-            replacement = Scheduler(new, scheduler.cursor, self._settings.tz)
+            self._scheduler = Scheduler(new, self._scheduler.cursor, self._settings.tz)
+        self._jobs = new
         log.info(
             "job file reloaded",
             extra=fields(
@@ -410,9 +415,17 @@ class ProducerService:
                 removed=len(old_names - new_names),
             ),
         )
-        if replacement is not None:
-            self._log_next(replacement)
-        return replacement, new
+        if self._scheduler is not None:
+            self._log_next(self._scheduler)
+
+    def _sleep(self) -> None:
+        sleep = MAX_SLEEP_S
+        next_due = self._scheduler.next_due() if self._scheduler is not None else None
+        if next_due is not None:
+            wake_at = next_due - self._ahead
+            sleep = min(sleep, max(0.0, (wake_at - self._host.now()).total_seconds()))
+        if sleep > 0 and not self._pending:
+            self._host.wait(sleep)
 
     def _log_next(self, scheduler: Scheduler) -> None:
         nxt = scheduler.next_due()
