@@ -124,9 +124,7 @@ class ProcessHost:
     """
 
     def __init__(self) -> None:
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake: tuple[socket.socket, socket.socket] | None = None  # (read, write)
         self._old_fd = -1
         self._old_handlers: dict[int, Any] = {}
 
@@ -137,7 +135,10 @@ class ProcessHost:
         return time.monotonic()
 
     def install(self, on_stop: SignalHandler, on_hup: SignalHandler) -> None:
-        self._old_fd = signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self._wake = socket.socketpair()
+        for end in self._wake:
+            end.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._wake[1].fileno(), warn_on_full_buffer=False)
         for signum, handler in (
             (signal.SIGTERM, on_stop),
             (signal.SIGINT, on_stop),
@@ -148,15 +149,21 @@ class ProcessHost:
     def restore(self) -> None:
         for signum, handler in self._old_handlers.items():
             signal.signal(signum, handler)
-        signal.set_wakeup_fd(self._old_fd)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._old_handlers.clear()
+        if self._wake is not None:
+            signal.set_wakeup_fd(self._old_fd)
+            for end in self._wake:
+                end.close()
+            self._wake = None
 
     def wait(self, timeout: float) -> None:
+        if self._wake is None:  # not installed: nothing can wake it
+            time.sleep(max(0.0, timeout))
+            return
         if timeout > 0:
-            select.select([self._wake_r], [], [], timeout)
+            select.select([self._wake[0]], [], [], timeout)
         try:
-            while self._wake_r.recv(64):
+            while self._wake[0].recv(64):
                 pass
         except BlockingIOError:
             pass
