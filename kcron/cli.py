@@ -228,7 +228,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
 
     For catch-up after an outage, demos and experiments. @reboot jobs are skipped.
     """
-    from kcron import producer
+    from kcron import dispatch
 
     settings = build_settings("backfill", values)
     parsed = jobfile.load(jobs)
@@ -258,7 +258,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     with click.progressbar(
         length=len(runs), label="backfilling", file=sys.stderr, hidden=not show
     ) as bar:
-        count = producer.backfill(settings, parsed.jobs, runs, progress=bar.update)
+        count = dispatch.backfill(settings, runs, progress=bar.update)
     log.info(
         "backfill done",
         extra=fields(

@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from kcron.producer import FLUSH_TIMEOUT_S
+from kcron.dispatch import FLUSH_TIMEOUT_S
 from kcron.settings import Settings
 from tests.container.conftest import FIGURES, Project, run
 from tests.support import REPO

@@ -13,7 +13,7 @@ partitions, more workers than partitions, a worker stopped mid-run, and a
 topic grown while the group runs (where the broker has CreatePartitions).
 
 This module imports no Kafka client at import time (``kcron`` imports it for
-every command); the Kafka work goes through kcron.kafka and kcron's backfill.
+every command); the Kafka work goes through kcron.kafka and kcron.dispatch.
 """
 
 from __future__ import annotations
@@ -339,22 +339,14 @@ def _settings(
 
 def _backfill(settings: Settings, job_file: Path, first: int, count: int) -> int:
     """Produce runs ``first`` .. ``first+count-1`` of the one-a-minute job file."""
-    from kcron import jobfile, schedule
+    from kcron import dispatch, jobfile, schedule
 
     jobs = jobfile.load(job_file).jobs
     start = WINDOW_START + timedelta(minutes=first)
     planned = schedule.runs_between(jobs, start, start + timedelta(minutes=count))
     if len(planned) != count:
         raise ExperimentError(f"the job file yields {len(planned)} runs, not {count}")
-    import importlib
-    import importlib.util
-
-    # The producer split (issue 10) moved backfill to kcron.dispatch, without the
-    # jobs argument; before it, kcron.producer had it. Either tree type-checks.
-    if importlib.util.find_spec("kcron.dispatch") is not None:
-        return int(importlib.import_module("kcron.dispatch").backfill(settings, planned))
-    producer = importlib.import_module("kcron.producer")
-    return int(producer.backfill(settings, jobs, planned))
+    return dispatch.backfill(settings, planned)
 
 
 @dataclass

@@ -1,0 +1,302 @@
+"""Writing run messages to Kafka.
+
+``TransactionalDispatcher`` is the producer service's: one tick's runs and
+the jobs' dispatch state in one transaction. ``Dispatcher`` writes outside
+any transaction, for ``kcron backfill``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from kcron import kafka, misfire
+from kcron.errors import BrokerError, FencedError
+from kcron.log import fields
+from kcron.message import RunMessage, format_time, new_run_id
+from kcron.metrics import Metrics
+from kcron.schedule import Run
+from kcron.settings import Settings
+
+log = logging.getLogger("kcron.producer")
+
+FLUSH_TIMEOUT_S = 30.0
+TXN_TIMEOUT_S = 30.0
+TXN_ATTEMPTS = 5
+# A second SIGTERM/SIGINT means "now": an abort gets this long, not TXN_TIMEOUT_S.
+ABORT_NOW_TIMEOUT_S = 2.0
+
+Clock = Callable[[], datetime]
+DeliveryReport = Callable[[KafkaError | None, Message], None]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def transactional_id(settings: Settings, producer_id: str) -> str:
+    return f"kcron-producer.{settings.topic}.{producer_id}"
+
+
+def build_message(run: Run, produced_at: datetime) -> RunMessage:
+    job = run.job
+    return RunMessage(
+        id=new_run_id(),
+        job=job.name,
+        command=job.command,
+        scheduled_for=run.scheduled_for,
+        produced_at=produced_at,
+        source=job.source,
+        shell=job.shell,
+        attempt=1,
+        max_attempts=job.attempts,
+        timeout_s=job.timeout,
+    )
+
+
+class PlainProducer(Protocol):
+    """The part of a confluent_kafka Producer a plain dispatcher uses."""
+
+    def produce(
+        self, topic: str, *, value: bytes, key: str | bytes, on_delivery: DeliveryReport | None
+    ) -> None: ...
+
+    def poll(self, timeout: float = ...) -> int: ...
+
+    def flush(self, timeout: float = ...) -> int: ...
+
+
+class TxnProducer(PlainProducer, Protocol):
+    """A transactional producer: the calls TransactionalDispatcher makes."""
+
+    def init_transactions(self, timeout: float = ...) -> None: ...
+
+    def begin_transaction(self) -> None: ...
+
+    def commit_transaction(self, timeout: float = ...) -> None: ...
+
+    def abort_transaction(self, timeout: float = ...) -> None: ...
+
+
+class Dispatcher:
+    """Writes run messages to Kafka outside any transaction (backfill) and counts failures."""
+
+    def __init__(self, producer: PlainProducer, topic: str, metrics: Metrics) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._metrics = metrics
+        self.failed = 0
+
+    @classmethod
+    def connect(cls, settings: Settings, metrics: Metrics) -> Dispatcher:
+        return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics)
+
+    def send(self, run: Run, now: datetime) -> RunMessage:
+        msg = build_message(run, now)
+        topic = self._topic
+
+        def on_delivery(err: KafkaError | None, _record: Message) -> None:
+            if err is None:
+                return
+            self.failed += 1
+            self._metrics.delivery_failures.labels(msg.job).inc()
+            log.error(
+                "delivery failed",
+                extra=fields(
+                    job=msg.job,
+                    run=msg.id,
+                    topic=topic,
+                    error=str(err),
+                    scheduled_for=format_time(msg.scheduled_for),
+                ),
+            )
+
+        while True:
+            try:
+                self._producer.produce(
+                    topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery
+                )
+                break
+            except BufferError:
+                # Local queue full (broker slow or down): wait for deliveries, never drop.
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+        return msg
+
+    def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
+        """Wait for outstanding deliveries; return how many are still undelivered."""
+        return int(self._producer.flush(timeout))
+
+
+def backfill(
+    settings: Settings,
+    runs: Iterable[Run],
+    progress: Callable[[int], None] | None = None,
+    clock: Clock = utc_now,
+    metrics: Metrics | None = None,
+) -> int:
+    """Produce every given run now, keeping each run's true ``scheduled_for``."""
+    kafka.wait_for_broker(settings)
+    kafka.ensure_topic(settings)
+    dispatcher = Dispatcher.connect(settings, metrics or Metrics())
+    count = 0
+    for run in runs:
+        dispatcher.send(run, clock())
+        count += 1
+        if progress is not None:
+            progress(1)
+    left = dispatcher.flush()
+    if left or dispatcher.failed:
+        raise BrokerError(f"{left + dispatcher.failed} of {count} runs were not delivered")
+    return count
+
+
+def _never() -> bool:
+    return False
+
+
+class TransactionalDispatcher:
+    """Writes one tick's runs and the jobs' dispatch state in one transaction.
+
+    Either the runs and the new state are both visible (to read_committed
+    workers and to the next producer) or neither is: a producer that dies
+    mid-tick leaves nothing behind, and its successor re-dispatches the tick.
+    """
+
+    def __init__(
+        self,
+        producer: TxnProducer,
+        topic: str,
+        producer_id: str,
+        state_topic: str,
+        metrics: Metrics,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._producer_id = producer_id
+        self._state_topic = state_topic
+        self._metrics = metrics
+        self._sleep = sleep
+        try:
+            # Fences any older producer with the same id and aborts its open transaction.
+            producer.init_transactions(TXN_TIMEOUT_S)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot start a Kafka transaction: {exc.args[0]}") from None
+
+    @classmethod
+    def connect(
+        cls,
+        settings: Settings,
+        producer_id: str,
+        state_topic: str,
+        metrics: Metrics,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> TransactionalDispatcher:
+        config = kafka.transactional_producer_config(
+            settings, transactional_id(settings, producer_id)
+        )
+        return cls(Producer(config), settings.topic, producer_id, state_topic, metrics, sleep)
+
+    def dispatch(
+        self, runs: Sequence[Run], now: datetime, interrupted: Callable[[], bool] = _never
+    ) -> list[RunMessage] | None:
+        """Commit ``runs`` and their state; raise FencedError or BrokerError on failure.
+
+        Returns None, with the transaction aborted, when ``interrupted()`` says
+        to stop at once (a second SIGTERM/SIGINT): nothing is committed then.
+        """
+        messages = [build_message(run, now) for run in runs]
+        placed: dict[str, tuple[int | None, int | None]] = {}
+
+        def on_delivery(err: KafkaError | None, record: Message) -> None:
+            if err is None and record.topic() == self._topic:
+                placed[(record.key() or b"").decode()] = (record.partition(), record.offset())
+
+        for attempt in range(1, TXN_ATTEMPTS + 1):
+            try:
+                if not self._commit(messages, now, on_delivery, interrupted):
+                    return None
+                break
+            except KafkaException as exc:
+                self._failed(exc.args[0], attempt, messages)
+                if interrupted():
+                    self._abort_now()
+                    return None
+                self._sleep(min(2.0, 0.1 * 2**attempt))
+        for msg in messages:
+            partition, offset = placed.get(msg.id, (None, None))
+            self._metrics.dispatched.labels(msg.job).inc()
+            log.info(
+                "run dispatched",
+                extra=fields(
+                    job=msg.job, run=msg.id, scheduled_for=format_time(msg.scheduled_for),
+                    partition=partition, offset=offset,
+                ),
+            )  # fmt: skip
+        return messages
+
+    def _commit(
+        self,
+        messages: Sequence[RunMessage],
+        now: datetime,
+        on_delivery: DeliveryReport,
+        interrupted: Callable[[], bool],
+    ) -> bool:
+        """One attempt; False if interrupted before the commit (then aborted)."""
+        last: dict[str, datetime] = {}
+        for msg in messages:
+            last[msg.job] = max(msg.scheduled_for, last.get(msg.job, msg.scheduled_for))
+        producer = self._producer
+        producer.begin_transaction()
+        for msg in messages:
+            producer.produce(self._topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery)
+        for job_name, when in last.items():
+            producer.produce(
+                self._state_topic,
+                key=misfire.state_key(self._producer_id, job_name),
+                value=misfire.encode_state(job_name, when, now),
+                on_delivery=None,
+            )
+        if interrupted():
+            self._abort_now()
+            return False
+        producer.commit_transaction(TXN_TIMEOUT_S)
+        return True
+
+    def _failed(self, err: KafkaError, attempt: int, messages: Sequence[RunMessage]) -> None:
+        """Raise for fencing and for the last attempt; otherwise abort, count and log."""
+        if err.fatal() or err.code() == KafkaError._FENCED:
+            raise FencedError(
+                "another producer with the same producer id took over "
+                f"({err.str()}); this one stops dispatching"
+            ) from None
+        if err.txn_requires_abort():
+            with contextlib.suppress(KafkaException):
+                self._producer.abort_transaction(TXN_TIMEOUT_S)
+        for msg in messages:
+            self._metrics.delivery_failures.labels(msg.job).inc()
+        log.warning(
+            "transaction failed; retrying",
+            extra=fields(attempt=attempt, runs=len(messages), error=err.str()),
+        )
+        if attempt == TXN_ATTEMPTS:
+            raise BrokerError(f"cannot commit dispatch transaction: {err}") from None
+
+    def _abort_now(self) -> None:
+        # Aborted rather than left to time out: an open transaction holds back
+        # every read_committed worker on its partitions until it ends.
+        with contextlib.suppress(KafkaException):
+            self._producer.abort_transaction(ABORT_NOW_TIMEOUT_S)
+
+    def close(self, interrupted: Callable[[], bool] = _never) -> None:
+        """Wait for outstanding deliveries, in slices: a second signal is not kept waiting."""
+        for _ in range(int(FLUSH_TIMEOUT_S / 0.1)):
+            if self._producer.flush(0.1) == 0 or interrupted():
+                return
