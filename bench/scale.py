@@ -4,7 +4,7 @@ The file mixes what large crontabs hold (every minute, every quarter hour,
 hourly, daily, weekdays, monthly, per-job time zones, macros), spread so that
 about 2.4 % of the jobs are due in any minute (2,360 of 100,000), plus the
 @hourly ones at minute 0. Because the bench wrote every schedule itself, it
-knows exactly which jobs are due at a minute without asking croniter.
+knows exactly which jobs are due at a minute without asking kcron's evaluator.
 
 Figures: wall time and peak RSS of `kcron check FILE`; the producer's
 start-up (process start -> its first "producer started..." line: file parsed,

@@ -191,8 +191,8 @@ def produce(jobs: str, **values: Any) -> None:
     """Run the scheduler: write one message per due run of JOBS.
 
     Reloads the job file on SIGHUP and when it changes (a bad file keeps the
-    last good job set). SIGTERM or SIGINT flushes pending runs and exits 0.
-    Producers with the same --producer-id elect one active producer; the
+    last good job set). SIGTERM or SIGINT flushes pending runs and exits 0;
+    a second one stops at once (exit 128+signal). Producers with the same --producer-id elect one active producer; the
     others stand by and take over when it stops.
     """
     from kcron.producer import ProducerService
@@ -342,7 +342,8 @@ def consume(**values: Any) -> None:
     """Run a worker: execute runs from the topic, committing only after they finish.
 
     SIGTERM or SIGINT stops taking runs, lets running ones finish within
-    --grace, commits and exits 0.
+    --grace, commits and exits 0. A second one stops at once: running jobs are
+    killed and not committed, so they run again elsewhere (exit 128+signal).
     """
     from kcron.consumer import Worker
 
