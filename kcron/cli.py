@@ -447,7 +447,7 @@ def consume(**values: Any) -> None:
     SIGTERM or SIGINT stops taking runs, lets running ones finish within
     --grace, commits and exits 0.
     """
-    from kcron.consumer import Worker
+    from kcron.worker import Worker
 
     settings = build_settings("consume", values)
     sys.exit(Worker(settings).run())
