@@ -25,10 +25,9 @@ import queue
 import random
 import signal
 import time
-from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from types import FrameType
-from typing import Any
 
 from kcron.errors import BrokerError, DecodeError
 from kcron.log import fields
@@ -38,15 +37,8 @@ from kcron.retry import retry_topic
 from kcron.settings import Settings
 from kcron.worker.hold import HoldQueue, max_backoff_hold, start_at
 from kcron.worker.partitions import Partitions
-from kcron.worker.port import (
-    ClientError,
-    CommitResult,
-    Connector,
-    ConsumerPort,
-    PartitionKey,
-    ProducerPort,
-    Record,
-)
+from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
+from kcron.worker.release import Crew, Releaser, log_committed
 from kcron.worker.runner import Done, Job, JobRunner, Pool, ThreadPool
 from kcron.worker.settle import Delivered, Hooks, Settler
 
@@ -56,12 +48,10 @@ Clock = Callable[[], datetime]
 PoolFactory = Callable[[Callable[[Done], None]], Pool]
 _Event = Done | Delivered
 
-# How long a rebalance or shutdown waits for pending retries and dead letters
-# to be confirmed before committing; unconfirmed ones stay uncommitted.
-HANDOFF_FLUSH_S = 10.0
-
 
 class Worker:
+    """Signals, startup and the Kafka callbacks around the Loop that does the work."""
+
     def __init__(
         self,
         settings: Settings,
@@ -81,16 +71,11 @@ class Worker:
         # Set by the signal handler, read by the loop: plain attributes, no locks.
         self._stop_signal: int | None = None  # first SIGTERM/SIGINT: graceful stop
         self._kill_signal: int | None = None  # a second one: stop at once
-        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
         self.metrics = Metrics()
         self._partitions = Partitions(settings.topic, retry_topic(settings.topic))
-        self._hold = HoldQueue()
-        self._backoff_hold = max_backoff_hold(settings.retry_cap_s)
         self._producer_failure: str | None = None
-        self._consumer: ConsumerPort | None = None
-        self._producer: ProducerPort | None = None
         self._settler: Settler | None = None
-        self._pool: Pool | None = None
+        self._releaser: Releaser | None = None
 
     @property
     def executed(self) -> int:
@@ -112,22 +97,26 @@ class Worker:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
 
-    # -- the loop -------------------------------------------------------------
     def _run(self) -> int:
-        consumer, pool = self._start()
+        loop, releaser, crew = self._start()
         try:
             while self._stop_signal is None:
-                self._turn(consumer)
-            self._shutdown(consumer)
+                crew.producer.poll(0)  # delivery reports, and errors such as a fatal one
+                if self._producer_failure is not None:
+                    raise BrokerError(
+                        f"fatal Kafka error in the worker's producer: {self._producer_failure}"
+                    )
+                loop.turn()
+            releaser.shutdown()
         finally:
-            consumer.close()
-            pool.close()
+            crew.consumer.close()
+            crew.pool.close()
         if self._kill_signal is not None:
             return 128 + self._kill_signal
         log.info("worker stopped", extra=fields(executed=self.executed))
         return 0
 
-    def _start(self) -> tuple[ConsumerPort, Pool]:
+    def _start(self) -> tuple[Loop, Releaser, Crew]:
         settings = self._settings
         if settings.metrics_port:
             self.metrics.serve(settings.metrics_port, settings.metrics_addr)
@@ -138,117 +127,35 @@ class Worker:
             connector = ConfluentConnector(settings)
         topics = [settings.topic, retry_topic(settings.topic)]
         consumer, producer = connector.connect(topics, self)
-        self._consumer, self._producer = consumer, producer
-        hooks = Hooks(self._partitions.owns, self._generation, self._finish, self._events.put)
-        self._settler = Settler(settings, producer, hooks, self.metrics, self._clock, self._rng)
-        self._pool = self._make_pool()
-        log.info(
-            "worker started",
-            extra=fields(
-                group=settings.group,
-                topic=settings.topic,
-                retry_topic=self._settler.retry_topic,
-                dlq_topic=self._settler.dlq_topic,
-                concurrency=settings.concurrency,
-                pid=os.getpid(),
-            ),
-        )
-        return consumer, self._pool
+        events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        parts = self._partitions
 
-    def _make_pool(self) -> Pool:
+        def finish(key: PartitionKey, offset: int) -> None:
+            position = parts.finished(key, offset)
+            if position is not None:
+                consumer.store_offset(key, position)
+
+        hooks = Hooks(parts.owns, lambda: parts.generation, finish, events.put)
+        settler = Settler(settings, producer, hooks, self.metrics, self._clock, self._rng)
+        self._settler = settler
+        pool = self._make_pool(events.put)
+        crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
+        loop = Loop(crew, events, self._clock)
+        self._releaser = Releaser(crew, loop.drain, self._monotonic)
+        _log_started(settings, settler)
+        return loop, self._releaser, crew
+
+    def _killed(self) -> int | None:
+        return self._kill_signal
+
+    def _make_pool(self, sink: Callable[[Done], None]) -> Pool:
         if self._pool_factory is not None:
-            return self._pool_factory(self._events.put)
+            return self._pool_factory(sink)
         s = self._settings
         runner = JobRunner(s.max_output_bytes, s.topic, self.metrics, self._clock)
-        return ThreadPool(runner, s.concurrency, self._events.put)
+        return ThreadPool(runner, s.concurrency, sink)
 
-    def _turn(self, consumer: ConsumerPort) -> None:
-        self._served().poll(0)
-        if self._producer_failure is not None:
-            raise BrokerError(
-                f"fatal Kafka error in the worker's producer: {self._producer_failure}"
-            )
-        self._drain()
-        self._start_due()
-        self._flow_control(consumer)
-        item = consumer.poll(self._poll_timeout())
-        if isinstance(item, ClientError):
-            level = logging.ERROR if item.fatal else logging.WARNING
-            log.log(level, "kafka error", extra=fields(error=item.text))
-            if item.fatal:
-                raise BrokerError(f"fatal Kafka error, worker cannot continue: {item.text}")
-        elif item is not None:
-            self._take(item)
-
-    def _take(self, record: Record) -> None:
-        key = record.where
-        self._partitions.taken(key, record.offset)
-        try:
-            run = decode(record.value)
-        except DecodeError as exc:
-            self._settled().undecodable(record, exc)
-            return
-        job = Job(run, key, record.offset, self._partitions.generation)
-        now = self._clock()
-        when = start_at(run, now, self._backoff_hold)
-        if when > now:
-            self._hold.push(when, job)
-        else:
-            self._pooled().submit(job)
-
-    def _start_due(self) -> None:
-        """Start held runs whose time has come; never sleeps."""
-        for job in self._hold.due(self._clock()):
-            self._pooled().submit(job)
-
-    def _flow_control(self, consumer: ConsumerPort) -> None:
-        """Pause a partition with --prefetch runs taken and not finished; resume it
-        once half are gone. Taken runs are handed back on rebalance."""
-        if not self._partitions.assigned:
-            return
-        pause, resume = self._partitions.flow(self._settings.prefetch)
-        if pause:
-            consumer.pause(pause)
-            log.debug("fetching paused", extra=fields(partitions=[f"{t}:{p}" for t, p in pause]))
-        if resume:
-            consumer.resume(resume)
-            log.debug("fetching resumed", extra=fields(partitions=[f"{t}:{p}" for t, p in resume]))
-
-    def _poll_timeout(self) -> float:
-        """Poll long when idle, briefly while runs finish or hand-offs await their
-        delivery report, and wake on time for a held run."""
-        timeout = 0.05 if self._pooled().pending() else 0.25
-        if self._settled().handoffs:
-            timeout = min(timeout, 0.02)
-        next_at = self._hold.next_at()
-        if next_at is not None:
-            timeout = min(timeout, max(0.0, (next_at - self._clock()).total_seconds()))
-        return timeout
-
-    def _drain(self) -> None:
-        """Settle what came back: finished runs and hand-off delivery reports."""
-        settler, pool = self._settled(), self._pooled()
-        while True:
-            try:
-                event = self._events.get_nowait()
-            except queue.Empty:
-                return
-            if isinstance(event, Delivered):
-                settler.delivered(event)
-                continue
-            pool.taken(event.job)
-            if self._kill_signal is None:  # killed runs are never committed
-                settler.settle(event)
-
-    def _generation(self) -> int:
-        return self._partitions.generation
-
-    def _finish(self, key: PartitionKey, offset: int) -> None:
-        position = self._partitions.finished(key, offset)
-        if position is not None and self._consumer is not None:
-            self._consumer.store_offset(key, position)
-
-    # -- Listener: called back by the consumer and producer on this thread --------
+    # -- port.Listener: called back by the consumer and producer on this thread -----
     def on_producer_error(self, text: str, fatal: bool) -> None:
         """A fatal error (e.g. the idempotent producer lost its sequence) makes every
         later retry and dead letter fail, so the worker stops instead of stalling."""
@@ -262,119 +169,117 @@ class Worker:
         if result.error is not None:
             log.warning("commit failed", extra=fields(error=result.error))
         else:
-            _log_committed(result.offsets)
+            log_committed(result.offsets)
 
     def on_assign(self, keys: Sequence[PartitionKey]) -> None:
-        self._partitions.assign(keys)
-        log.info(
-            "partitions assigned",
-            extra=fields(**self._partitions.split(self._partitions.assigned)),
-        )
+        self._released().on_assign(keys)
 
     def on_revoke(self, keys: Sequence[PartitionKey]) -> None:
-        moved = set(keys)
-        log.info("partitions revoked", extra=fields(**self._partitions.split(moved)))
-        self._release(moved, wait_s=self._settings.grace_s)
-        if self._kill_signal is None:
-            self._settled().flush(HANDOFF_FLUSH_S)
-            self._drain()
-            self._commit("commit on revoke")
-        self._partitions.forget(moved)
+        self._released().on_revoke(keys)
 
     def on_lost(self, keys: Sequence[PartitionKey]) -> None:
-        lost = set(keys)
-        log.warning(
-            "partitions lost; their unfinished runs will be redelivered",
-            extra=fields(**self._partitions.split(lost)),
-        )
-        self._release(lost, wait_s=0)
-        self._partitions.forget(lost)
+        self._released().on_lost(keys)
 
-    def _release(self, keys: set[PartitionKey], wait_s: float) -> None:
-        """Hand back queued runs of ``keys``; give running ones ``wait_s`` to finish."""
-        pool = self._pooled()
-        self._hold.drop(keys)
-        pool.cancel_queued(keys)
-        deadline = self._monotonic() + wait_s
-        while pool.pending(keys) and self._monotonic() < deadline and self._kill_signal is None:
-            self._drain()
-            self._served().poll(0.01)  # hand-off reports; also the pause between checks
-        self._drain()
-        still = [f"{job.partition[1]}@{job.offset}" for job in pool.pending(keys)]
-        if still:
-            log.warning(
-                "runs still going on a moved partition; the new owner may run them again",
-                extra=fields(runs=still),
-            )
+    def _released(self) -> Releaser:
+        assert self._releaser is not None, "rebalance callbacks come only from poll"
+        return self._releaser
 
-    def _commit(self, what: str) -> None:
-        assert self._consumer is not None
-        result = self._consumer.commit()
-        if result.error is not None:
-            log.warning(f"{what} failed", extra=fields(error=result.error))
+
+def _log_started(settings: Settings, settler: Settler) -> None:
+    log.info(
+        "worker started",
+        extra=fields(
+            group=settings.group,
+            topic=settings.topic,
+            retry_topic=settler.retry_topic,
+            dlq_topic=settler.dlq_topic,
+            concurrency=settings.concurrency,
+            pid=os.getpid(),
+        ),
+    )
+
+
+class Loop:
+    """One turn per call (after the Worker served the producer): settle what came
+    back, start the due runs, flow control, take one record."""
+
+    def __init__(self, crew: Crew, events: queue.SimpleQueue[_Event], clock: Clock) -> None:
+        self._crew = crew
+        self._events = events
+        self._clock = clock
+        self._backoff_hold: timedelta = max_backoff_hold(crew.settings.retry_cap_s)
+
+    def turn(self) -> None:
+        crew = self._crew
+        self.drain()
+        self._start_due()
+        self._flow_control()
+        item = crew.consumer.poll(self._poll_timeout())
+        if isinstance(item, ClientError):
+            level = logging.ERROR if item.fatal else logging.WARNING
+            log.log(level, "kafka error", extra=fields(error=item.text))
+            if item.fatal:
+                raise BrokerError(f"fatal Kafka error, worker cannot continue: {item.text}")
+        elif item is not None:
+            self._take(item)
+
+    def _take(self, record: Record) -> None:
+        key, parts = record.where, self._crew.partitions
+        parts.taken(key, record.offset)
+        try:
+            run = decode(record.value)
+        except DecodeError as exc:
+            self._crew.settler.undecodable(record, exc)
             return
-        _log_committed(result.offsets)
+        job = Job(run, key, record.offset, parts.generation)
+        now = self._clock()
+        when = start_at(run, now, self._backoff_hold)
+        if when > now:
+            self._crew.hold.push(when, job)
+        else:
+            self._crew.pool.submit(job)
 
-    # -- shutdown --------------------------------------------------------------
-    def _shutdown(self, consumer: ConsumerPort) -> None:
-        """Stop taking runs, let running ones finish within the grace, commit.
+    def _start_due(self) -> None:
+        """Start held runs whose time has come; never sleeps."""
+        for job in self._crew.hold.due(self._clock()):
+            self._crew.pool.submit(job)
 
-        A second signal on the way ends it at once: running jobs are killed
-        and nothing is committed for them, so they are delivered again.
-        """
-        pool = self._pooled()
-        self._hold.clear()  # not started: left uncommitted, so redelivered
-        pool.cancel_queued()
-        grace_s = self._settings.grace_s
-        log.info("shutting down", extra=fields(running=len(pool.pending()), grace_s=grace_s))
-        if self._partitions.assigned:
-            consumer.pause(self._partitions.pause_all())
-        deadline = self._monotonic() + grace_s
-        while pool.pending() and self._monotonic() < deadline and self._kill_signal is None:
-            consumer.poll(0.05)  # keeps group membership alive while jobs finish
-            self._drain()
-        if pool.pending() and self._kill_signal is None:
-            log.warning(
-                "grace period over; killing running jobs, they will be redelivered",
-                extra=fields(runs=len(pool.pending())),
-            )
-            pool.cancel_running()
-            while pool.pending() and self._kill_signal is None:
-                consumer.poll(0.05)
-                self._drain()
-        if self._kill_signal is not None:
-            self._halt(pool)
+    def _flow_control(self) -> None:
+        """Pause a partition with --prefetch runs taken and not finished; resume it
+        once half are gone. Taken runs are handed back on rebalance."""
+        crew = self._crew
+        if not crew.partitions.assigned:
             return
-        self._settled().flush(HANDOFF_FLUSH_S)
-        self._drain()
-        self._commit("final commit")
+        pause, resume = crew.partitions.flow(crew.settings.prefetch)
+        if pause:
+            crew.consumer.pause(pause)
+            log.debug("fetching paused", extra=fields(partitions=[f"{t}:{p}" for t, p in pause]))
+        if resume:
+            crew.consumer.resume(resume)
+            log.debug("fetching resumed", extra=fields(partitions=[f"{t}:{p}" for t, p in resume]))
 
-    def _halt(self, pool: Pool) -> None:
-        killed = pool.kill()
-        assert self._kill_signal is not None
-        log.warning(
-            "second signal: stopping now; running runs killed, not committed",
-            extra=fields(signal=signal.Signals(self._kill_signal).name, killed=killed),
-        )
+    def _poll_timeout(self) -> float:
+        """Poll long when idle, briefly while runs finish or hand-offs await their
+        delivery report, and wake on time for a held run."""
+        timeout = 0.05 if self._crew.pool.pending() else 0.25
+        if self._crew.settler.handoffs:
+            timeout = min(timeout, 0.02)
+        next_at = self._crew.hold.next_at()
+        if next_at is not None:
+            timeout = min(timeout, max(0.0, (next_at - self._clock()).total_seconds()))
+        return timeout
 
-    # -- collaborators, which exist once the worker has started -------------------
-    def _served(self) -> ProducerPort:
-        assert self._producer is not None
-        return self._producer
-
-    def _settled(self) -> Settler:
-        assert self._settler is not None
-        return self._settler
-
-    def _pooled(self) -> Pool:
-        assert self._pool is not None
-        return self._pool
-
-
-def _log_committed(offsets: Mapping[PartitionKey, int]) -> None:
-    """DEBUG: which offsets the group now has; fault tests use it to bound duplicates."""
-    if not log.isEnabledFor(logging.DEBUG):
-        return
-    shown: dict[str, Any] = {f"{t}:{p}": o for (t, p), o in offsets.items() if o >= 0}
-    if shown:
-        log.debug("offsets committed", extra=fields(offsets=shown))
+    def drain(self) -> None:
+        """Settle what came back: finished runs and hand-off delivery reports."""
+        crew = self._crew
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(event, Delivered):
+                crew.settler.delivered(event)
+                continue
+            crew.pool.taken(event.job)
+            if crew.kill_signal() is None:  # killed runs are never committed
+                crew.settler.settle(event)

@@ -79,6 +79,7 @@ class FakeKafka:
         self._actions: list[tuple[Callable[[], bool], Callable[[], None]]] = []
         self.listener: Listener | None = None
         self.subscribed: list[str] = []
+        self.errors: list[ClientError] = []  # returned by the next polls, first
 
     # -- test setup ------------------------------------------------------------
     def add(self, key: PartitionKey, value: bytes | None, record_key: bytes | None = None) -> int:
@@ -123,6 +124,8 @@ class FakeKafka:
             if entry[0]():
                 self._actions.remove(entry)
                 entry[1]()
+        if self.errors:
+            return self.errors.pop(0)
         for key in self.assigned:
             log = self.logs.get(key, [])
             if key not in self.paused and self.position[key] < len(log):

@@ -10,8 +10,10 @@ from datetime import timedelta
 
 import pytest
 
+from kcron.errors import BrokerError
 from kcron.executor import Outcome
 from kcron.retry import Verdict
+from kcron.worker.port import ClientError
 from tests.unit.fake_worker_kafka import DLQ, RETRY, T0, TOPIC, Harness, Plan, a_run, label
 
 P0 = (TOPIC, 0)
@@ -313,3 +315,22 @@ def test_the_signal_handler_only_sets_flags():
 
 def test_verdicts_are_only_what_the_worker_can_act_on():
     assert set(Verdict) == {Verdict.SUCCEEDED, Verdict.RETRY, Verdict.DEAD}
+
+
+def test_a_fatal_producer_error_stops_the_worker(caplog):
+    h = Harness()
+    h.kafka.at(0, lambda: h.kafka.assign([P0]))
+    h.kafka.at(1, lambda: h.worker.on_producer_error("Local: Fatal error: sequence lost", True))
+
+    with pytest.raises(BrokerError, match="fatal Kafka error in the worker's producer"):
+        h.run()
+    assert h.kafka.closed
+    assert h.time.mono < 1.5
+
+
+def test_a_fatal_consumer_error_stops_the_worker():
+    h = Harness()
+    h.kafka.errors.append(ClientError("Broker: Fenced instance", fatal=True))
+
+    with pytest.raises(BrokerError, match="worker cannot continue: Broker: Fenced instance"):
+        h.run()
