@@ -9,16 +9,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import logging
 from collections.abc import Container
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from kcron.log import fields
-from kcron.message import RunMessage, format_time
 from kcron.worker.runner import Job
-
-log = logging.getLogger("kcron.worker")
 
 # A run scheduled further ahead than this is started at once with a warning:
 # holding it longer would stall its partition's commits behind it, and it most
@@ -32,32 +27,6 @@ MIN_BACKOFF_HOLD = timedelta(hours=1)
 
 def max_backoff_hold(retry_cap_s: float) -> timedelta:
     return max(MIN_BACKOFF_HOLD, timedelta(seconds=2 * retry_cap_s))
-
-
-def start_at(run: RunMessage, now: datetime, backoff_hold: timedelta) -> datetime:
-    """When to start ``run``: its schedule, or its backoff if later, within bounds.
-
-    Logs a warning when a bound applies (the only effect here).
-    """
-    start = run.scheduled_for
-    if start > now + MAX_HOLD:
-        log.warning(
-            "run scheduled far ahead of this worker's clock; starting it now "
-            "(check clock sync between producer and workers)",
-            extra=fields(job=run.job, run=run.id, scheduled_for=format_time(start)),
-        )
-        start = now
-    if run.not_before is not None:
-        not_before = run.not_before
-        if not_before > now + backoff_hold:
-            log.warning(
-                "retry's not_before is implausibly far ahead; starting it now "
-                "(check clock sync between workers)",
-                extra=fields(job=run.job, run=run.id, not_before=format_time(not_before)),
-            )
-            not_before = now
-        start = max(start, not_before)
-    return start
 
 
 @dataclass(order=True)

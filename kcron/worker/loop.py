@@ -31,11 +31,11 @@ from types import FrameType
 
 from kcron.errors import BrokerError, DecodeError
 from kcron.log import fields
-from kcron.message import decode
+from kcron.message import RunMessage, decode, format_time
 from kcron.metrics import Metrics
 from kcron.retry import retry_topic
 from kcron.settings import Settings
-from kcron.worker.hold import HoldQueue, max_backoff_hold, start_at
+from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
 from kcron.worker.release import Crew, Releaser, log_committed
@@ -197,6 +197,32 @@ def _log_started(settings: Settings, settler: Settler) -> None:
             pid=os.getpid(),
         ),
     )
+
+
+def start_at(run: RunMessage, now: datetime, backoff_hold: timedelta) -> datetime:
+    """When to start ``run``: its schedule, or its backoff if later, within bounds.
+
+    Logs a warning when a bound applies (the only effect here).
+    """
+    start = run.scheduled_for
+    if start > now + MAX_HOLD:
+        log.warning(
+            "run scheduled far ahead of this worker's clock; starting it now "
+            "(check clock sync between producer and workers)",
+            extra=fields(job=run.job, run=run.id, scheduled_for=format_time(start)),
+        )
+        start = now
+    if run.not_before is not None:
+        not_before = run.not_before
+        if not_before > now + backoff_hold:
+            log.warning(
+                "retry's not_before is implausibly far ahead; starting it now "
+                "(check clock sync between workers)",
+                extra=fields(job=run.job, run=run.id, not_before=format_time(not_before)),
+            )
+            not_before = now
+        start = max(start, not_before)
+    return start
 
 
 class Loop:

@@ -334,3 +334,26 @@ def test_a_fatal_consumer_error_stops_the_worker():
 
     with pytest.raises(BrokerError, match="worker cannot continue: Broker: Fenced instance"):
         h.run()
+
+
+def test_a_run_far_ahead_of_the_clock_starts_now_with_a_warning(caplog):
+    h = Harness()
+    h.kafka.add(P0, a_run(scheduled_for=T0 + timedelta(minutes=2)).encode())
+    h.kafka.add(R0, a_run("odd", attempt=2, not_before=T0 + timedelta(days=2)).encode())
+    h.kafka.at(0, lambda: h.kafka.assign([P0, R0]))
+    h.kafka.at(2, h.signal)
+
+    assert h.run() == 0
+
+    assert sorted(h.started_ids()) == ["backup-0", "odd-0"]
+    assert h.kafka.committed == {P0: 1, R0: 1}
+    assert messages(
+        caplog,
+        "run scheduled far ahead of this worker's clock; starting it now "
+        "(check clock sync between producer and workers)",
+    )
+    assert messages(
+        caplog,
+        "retry's not_before is implausibly far ahead; starting it now "
+        "(check clock sync between workers)",
+    )
