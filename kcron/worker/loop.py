@@ -107,12 +107,12 @@ class Worker:
                         f"fatal Kafka error in the worker's producer: {self._producer_failure}"
                     )
                 loop.turn()
-            releaser.shutdown()
+            halted_by = releaser.shutdown()
         finally:
             crew.consumer.close()
             crew.pool.close()
-        if self._kill_signal is not None:
-            return 128 + self._kill_signal
+        if halted_by is not None:
+            return 128 + halted_by
         log.info("worker stopped", extra=fields(executed=self.executed))
         return 0
 

@@ -104,8 +104,11 @@ class Releaser:
         log_committed(result.offsets)
 
     # -- shutdown --------------------------------------------------------------
-    def shutdown(self) -> None:
-        """Stop taking runs, let running ones finish within the grace, commit."""
+    def shutdown(self) -> int | None:
+        """Stop taking runs, let running ones finish within the grace, commit.
+
+        Returns the second signal if one cut this short, else None.
+        """
         crew, pool = self._crew, self._crew.pool
         crew.hold.clear()  # not started: left uncommitted, so redelivered
         pool.cancel_queued()
@@ -122,11 +125,11 @@ class Releaser:
             pool.cancel_running()
             self._wait(None)
         if self._now_or_never():
-            self._halt()
-            return
+            return self._halt()
         crew.settler.flush(HANDOFF_FLUSH_S)
         self._drain()
         self._commit("final commit")
+        return None
 
     def _wait(self, deadline: float | None) -> None:
         """Until the pool is empty, ``deadline`` passes, or a second signal comes."""
@@ -137,7 +140,7 @@ class Releaser:
             self._crew.consumer.poll(0.05)  # keeps group membership alive while jobs finish
             self._drain()
 
-    def _halt(self) -> None:
+    def _halt(self) -> int:
         signum = self._crew.kill_signal()
         assert signum is not None
         killed = self._crew.pool.kill()
@@ -145,6 +148,7 @@ class Releaser:
             "second signal: stopping now; running runs killed, not committed",
             extra=fields(signal=signal.Signals(signum).name, killed=killed),
         )
+        return signum
 
 
 def log_committed(offsets: Mapping[PartitionKey, int]) -> None:

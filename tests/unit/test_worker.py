@@ -357,3 +357,21 @@ def test_a_run_far_ahead_of_the_clock_starts_now_with_a_warning(caplog):
         "retry's not_before is implausibly far ahead; starting it now "
         "(check clock sync between workers)",
     )
+
+
+def test_a_second_signal_after_the_final_commit_changes_nothing(caplog):
+    h = Harness({"backup": Plan(seconds=1)})
+    h.kafka.add(P0, a_run().encode())
+    h.kafka.at(0, lambda: h.kafka.assign([P0]))
+    h.kafka.at(2, h.signal)
+    close = h.kafka.close
+
+    def close_with_a_second_signal() -> None:
+        h.signal()
+        close()
+
+    h.kafka.close = close_with_a_second_signal  # type: ignore[method-assign]
+
+    assert h.run() == 0
+    assert h.kafka.committed == {P0: 1}
+    assert messages(caplog, "worker stopped")
