@@ -59,7 +59,8 @@ class Produced:
 
 
 class FakeKafka:
-    """Consumer, producer and connector at once; ``listener`` is the worker."""
+    """The broker as the worker sees it: its consumer, and (through _ProducerView)
+    its producer; ``listener`` is the worker."""
 
     def __init__(self, time: FakeTime) -> None:
         self.time = time
@@ -180,7 +181,7 @@ class FakeKafka:
         self._deliver()
         return 0
 
-    # producer.poll: same name as the consumer's, told apart by the argument's use
+    # The producer's poll (the consumer's is poll): serves delivery reports, waits.
     def producer_poll(self, timeout_s: float) -> None:
         self._deliver()
         if timeout_s:
