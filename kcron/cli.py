@@ -345,7 +345,7 @@ def consume(**values: Any) -> None:
     --grace, commits and exits 0. A second one stops at once: running jobs are
     killed and not committed, so they run again elsewhere (exit 128+signal).
     """
-    from kcron.consumer import Worker
+    from kcron.worker import Worker
 
     settings = build_settings("consume", values)
     sys.exit(Worker(settings).run())

@@ -131,6 +131,30 @@ class _Output:
         self._sink(stream, line.rstrip(b"\r").decode("utf-8", errors="replace"))
 
 
+class _Clocked:
+    """Builds results that carry the run's duration and output so far."""
+
+    def __init__(self, output: _Output, started: float, clock: Callable[[], float]) -> None:
+        self._output = output
+        self._started = started
+        self._clock = clock
+
+    def __call__(
+        self, outcome: Outcome, code: int | None, error: str | None = None, leftover: bool = False
+    ) -> ExecResult:
+        output = self._output
+        return ExecResult(
+            outcome,
+            code,
+            self._clock() - self._started,
+            output.total,
+            output.truncated,
+            bytes(output.tail),
+            error,
+            leftover,
+        )
+
+
 def run(
     spec: ExecSpec,
     on_line: LineSink,
@@ -139,25 +163,44 @@ def run(
     cancel: threading.Event | None = None,
     kill_grace_s: float = KILL_GRACE_S,
     clock: Callable[[], float] = time.monotonic,
+    on_spawn: Callable[[int], None] | None = None,
 ) -> ExecResult:
-    """Run ``spec`` to completion, timeout or cancellation. Never raises for job errors."""
+    """Run ``spec`` to completion, timeout or cancellation. Never raises for job errors.
+
+    ``on_spawn`` gets the job's process group id as soon as it exists, so a
+    worker stopping at once can kill the group without waiting for this call.
+    """
     started = clock()
     output = _Output(on_line, max_output_bytes)
+    result = _Clocked(output, started, clock)
+    spawned = _spawn(spec, result)
+    if isinstance(spawned, ExecResult):
+        return spawned
+    proc = spawned
+    if on_spawn is not None:
+        on_spawn(proc.pid)
+    deadline = started + spec.timeout_s if spec.timeout_s else None
+    outcome = _pump(proc, output, deadline, cancel, clock)
+    if outcome is None:
+        # Output is closed, but the job may still run (it redirected its output).
+        outcome = _wait(proc, deadline, cancel, clock)
+    if outcome is not None:
+        _kill_group(proc, kill_grace_s)
+    code = proc.wait()
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    proc.stderr.close()
+    leftover = False
+    if outcome is None and deadline is not None and _group_alive(proc.pid):
+        # The leader is reaped; its group id stays reserved while any member
+        # lives, so killing that group later cannot hit an unrelated process.
+        leftover = True
+        _watch_leftovers(proc.pid, deadline, cancel, kill_grace_s, clock)
+    return _classify(spec, outcome, code, leftover, result)
 
-    def result(
-        outcome: Outcome, code: int | None, error: str | None = None, leftover: bool = False
-    ) -> ExecResult:
-        return ExecResult(
-            outcome,
-            code,
-            clock() - started,
-            output.total,
-            output.truncated,
-            bytes(output.tail),
-            error,
-            leftover,
-        )
 
+def _spawn(spec: ExecSpec, result: _Clocked) -> subprocess.Popen[bytes] | ExecResult:
+    """The job's process, or the result that says why there is none."""
     try:
         argv = argv_for(spec)
     except ValueError as exc:
@@ -165,7 +208,7 @@ def run(
     if not argv:
         return result(Outcome.INVALID, None, "empty command line")
     try:
-        proc = subprocess.Popen(
+        return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -182,7 +225,15 @@ def run(
     except OSError as exc:
         return result(Outcome.NOT_EXECUTABLE, 126, f"cannot execute {argv[0]}: {exc.strerror}")
 
-    deadline = started + spec.timeout_s if spec.timeout_s else None
+
+def _pump(
+    proc: subprocess.Popen[bytes],
+    output: _Output,
+    deadline: float | None,
+    cancel: threading.Event | None,
+    clock: Callable[[], float],
+) -> Outcome | None:
+    """Pass output on until both pipes close: None, or TIMED_OUT or CANCELLED."""
     outcome: Outcome | None = None
     exited_at: float | None = None
     assert proc.stdout is not None and proc.stderr is not None
@@ -212,21 +263,12 @@ def run(
                     output.close(key.data)
     for stream in ("stdout", "stderr"):
         output.close(stream)
+    return outcome
 
-    if outcome is None:
-        # Output is closed, but the job may still run (it redirected its output).
-        outcome = _wait(proc, deadline, cancel, clock)
-    if outcome is not None:
-        _kill_group(proc, kill_grace_s)
-    code = proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    leftover = False
-    if outcome is None and deadline is not None and _group_alive(proc.pid):
-        # The leader is reaped; its group id stays reserved while any member
-        # lives, so killing that group later cannot hit an unrelated process.
-        leftover = True
-        _watch_leftovers(proc.pid, deadline, cancel, kill_grace_s, clock)
+
+def _classify(
+    spec: ExecSpec, outcome: Outcome | None, code: int, leftover: bool, result: _Clocked
+) -> ExecResult:
     if outcome is Outcome.TIMED_OUT:
         return result(outcome, code, f"timed out after {spec.timeout_s:g}s; process group killed")
     if outcome is Outcome.CANCELLED:

@@ -110,7 +110,7 @@ def worker_producer_config(settings: Settings) -> dict[str, Any]:
 
     The scheduler's settings (idempotent, acks=all, no linger), never
     transactional: a worker confirms each record by its delivery report before
-    it commits the offset of the run it replaces (see kcron/consumer.py).
+    it commits the offset of the run it replaces (see kcron/worker/settle.py).
     """
     return producer_config(settings)
 

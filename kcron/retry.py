@@ -76,7 +76,6 @@ class Verdict(enum.StrEnum):
     SUCCEEDED = "succeeded"  # commit
     RETRY = "retry"  # publish the next attempt to the retry topic, then commit
     DEAD = "dead"  # publish a dead letter, then commit
-    REDELIVER = "redeliver"  # do not commit: Kafka hands the run out again
 
 
 class DeadKind(enum.StrEnum):
@@ -96,15 +95,19 @@ class Decision:
 
 def decide(
     run: RunMessage,
-    result: ExecResult | None,
+    result: ExecResult,
     finished_at: datetime,
     base_s: float,
     cap_s: float,
     rng: random.Random,
 ) -> Decision:
-    """The fate of one attempt. ``result`` None: the run never ran to an end."""
-    if result is None or result.outcome is Outcome.CANCELLED:
-        return Decision(Verdict.REDELIVER)
+    """The fate of one attempt that ran to its end.
+
+    A cancelled run has no fate to decide: the worker leaves its offset
+    uncommitted before asking, so Kafka delivers it again.
+    """
+    if result.outcome is Outcome.CANCELLED:
+        raise ValueError("a cancelled run is redelivered, not decided")
     if result.outcome is Outcome.SUCCEEDED:
         return Decision(Verdict.SUCCEEDED)
     what = result.error or result.outcome.value

@@ -53,7 +53,7 @@ def a_result(outcome: Outcome = Outcome.FAILED, code: int | None = 1, **changes:
     return ExecResult(**values)
 
 
-def decide(run: RunMessage, result: ExecResult | None, seed: int = 1) -> retry.Decision:
+def decide(run: RunMessage, result: ExecResult, seed: int = 1) -> retry.Decision:
     return retry.decide(run, result, T0, 10.0, 300.0, random.Random(seed))
 
 
@@ -162,9 +162,12 @@ def test_permanent_failures_are_dead_at_once_even_with_attempts_left(outcome):
     assert decision.reason == f"permanent failure ({outcome}): command not found: nope"
 
 
-def test_cancelled_or_never_run_is_left_for_redelivery():
-    assert decide(a_run(), a_result(Outcome.CANCELLED, -15)).verdict is Verdict.REDELIVER
-    assert decide(a_run(), None).verdict is Verdict.REDELIVER
+def test_cancelled_run_has_no_fate_to_decide():
+    # The worker leaves a cancelled run uncommitted (redelivered) without asking;
+    # asking anyway is a bug, not a retry or a dead letter.
+    # (tests/unit/test_worker.py checks that such a run is not committed.)
+    with pytest.raises(ValueError, match="redelivered"):
+        decide(a_run(), a_result(Outcome.CANCELLED, -15))
 
 
 def test_every_outcome_has_exactly_one_fate():
