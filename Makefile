@@ -58,6 +58,7 @@ test-integration: install
 
 lint: install
 	$(BIN)/ruff check kcron tests tools bench
+	$(BIN)/ruff format --check kcron tests tools bench
 	$(BIN)/mypy
 
 check: install

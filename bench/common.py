@@ -92,8 +92,13 @@ def kcron_info() -> dict[str, Any]:
     commit = _git("rev-parse", "--short", "HEAD", cwd=src) or "unknown"
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no", "--", "kcron", cwd=src))
     defaults = dataclasses.asdict(Settings())
-    shown = ("concurrency", "fetch_wait_max_ms", "session_timeout_ms", "partitions",
-             "dispatch_ahead_s")
+    shown = (
+        "concurrency",
+        "fetch_wait_max_ms",
+        "session_timeout_ms",
+        "partitions",
+        "dispatch_ahead_s",
+    )
     return {
         "source": str(src),
         "commit": commit + (" with uncommitted changes in kcron/" if dirty else ""),
@@ -110,8 +115,10 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cpu": _cpu_model(),
         "memory_gib": round(mem_kb / 1024 / 1024, 1),
-        "os": (_read("/etc/os-release").split('PRETTY_NAME="', 1)[-1].split('"', 1)[0]
-               or platform.platform()),
+        "os": (
+            _read("/etc/os-release").split('PRETTY_NAME="', 1)[-1].split('"', 1)[0]
+            or platform.platform()
+        ),
         "kernel": platform.release(),
         "python": platform.python_version(),
         "confluent_kafka": _package_version("confluent-kafka"),

@@ -68,20 +68,36 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         kp99 = med(res["schedulers"]["kcron"]["p99"])
         cp99 = med(res["schedulers"]["cron"]["p99"])
-        add(f"{phase}: kcron p99 ≤ {dur(TARGETS[limit])}", dur(kp99), kp99,
-            _finite(kp99) and kp99 <= TARGETS[limit])
+        add(
+            f"{phase}: kcron p99 ≤ {dur(TARGETS[limit])}",
+            dur(kp99),
+            kp99,
+            _finite(kp99) and kp99 <= TARGETS[limit],
+        )
         if key == "p1":
-            add("P1: cron p99 ≥ 1.2 s (the yardstick)", dur(cp99), cp99,
-                _finite(cp99) and cp99 >= TARGETS["p1_cron_p99_min_s"])
+            add(
+                "P1: cron p99 ≥ 1.2 s (the yardstick)",
+                dur(cp99),
+                cp99,
+                _finite(cp99) and cp99 >= TARGETS["p1_cron_p99_min_s"],
+            )
         else:
             r = med(res["cron_p99_over_kcron_p99"])
-            add("P2: kcron p99 ≥ 3× better than cron's, same run", ratio(r), r,
-                _finite(r) and r >= TARGETS["p2_ratio_min"])
+            add(
+                "P2: kcron p99 ≥ 3× better than cron's, same run",
+                ratio(r),
+                r,
+                _finite(r) and r >= TARGETS["p2_ratio_min"],
+            )
     p3 = results.get("p3")
     if p3:
         r = med(p3["ratio_to_raw"])
-        add("P3: ≥ 80 % of the raw spawn rate", pct(r), r,
-            _finite(r) and r >= TARGETS["p3_ratio_min"])
+        add(
+            "P3: ≥ 80 % of the raw spawn rate",
+            pct(r),
+            r,
+            _finite(r) and r >= TARGETS["p3_ratio_min"],
+        )
     p4 = results.get("p4")
     if p4:
         for label, key, limit, fmt in (
@@ -89,8 +105,12 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ("P4: producer start-up (parse + schedule) ≤ 5 s", "startup_s", "p4_parse_s", dur),
             ("P4: `kcron check` peak RSS ≤ 300 MB", "check_rss_mib", "p4_rss_mib", mib),
             ("P4: producer peak RSS ≤ 300 MB", "producer_rss_mib", "p4_rss_mib", mib),
-            ("P4: last due run delivered ≤ 1 s after the minute", "last_delivered_s",
-             "p4_delivery_s", dur),
+            (
+                "P4: last due run delivered ≤ 1 s after the minute",
+                "last_delivered_s",
+                "p4_delivery_s",
+                dur,
+            ),
         ):
             value = med(p4.get(key))
             add(label, fmt(value), value, _finite(value) and value <= TARGETS[limit])
@@ -116,16 +136,20 @@ def _latency_table(res: dict[str, Any]) -> list[str]:
 
 
 def _per_minute(res: dict[str, Any]) -> list[str]:
-    lines = ["| minute (UTC) | scheduler | runs | p50 | p99 | max | load average |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| minute (UTC) | scheduler | runs | p50 | p99 | max | load average |",
+        "|---|---|---|---|---|---|---|",
+    ]
     rows = []
     for name in ("kcron", "cron"):
         for r in res["schedulers"][name]["repeats"]:
             rows.append((r["minute"], name, r))
     for minute, name, r in sorted(rows, key=lambda x: (x[0], x[1])):
         load = " ".join(f"{x:.2f}" for x in r.get("load_average") or [])
-        lines.append(f"| {minute} | {name} | {r['n']} | {dur(r['p50'])} | {dur(r['p99'])} | "
-                     f"{dur(r['max'])} | {load} |")
+        lines.append(
+            f"| {minute} | {name} | {r['n']} | {dur(r['p50'])} | {dur(r['p99'])} | "
+            f"{dur(r['max'])} | {load} |"
+        )
     return lines
 
 
@@ -164,10 +188,20 @@ def _md_latency(results: dict[str, Any]) -> list[str]:
         reps = len(res["schedulers"]["kcron"]["repeats"])
         out += [f"## {title}: {res['jobs']} jobs due the same minute, {reps} minute(s) each", ""]
         out += _latency_table(res)
-        out += ["", f"cron p99 / kcron p99, pairing the minutes of the same run: "
-                f"**{fig(res['cron_p99_over_kcron_p99'], ratio)}**", ""]
-        out += ["<details><summary>per minute</summary>", "", *_per_minute(res), "", "</details>",
-                ""]
+        out += [
+            "",
+            f"cron p99 / kcron p99, pairing the minutes of the same run: "
+            f"**{fig(res['cron_p99_over_kcron_p99'], ratio)}**",
+            "",
+        ]
+        out += [
+            "<details><summary>per minute</summary>",
+            "",
+            *_per_minute(res),
+            "",
+            "</details>",
+            "",
+        ]
     return out
 
 
@@ -176,17 +210,27 @@ def _md_p3(results: dict[str, Any]) -> list[str]:
     out: list[str] = []
     p3 = results.get("p3")
     if p3:
-        out += [f"## P3 throughput: {p3['runs']} backfilled runs of `true`, "
-                f"{cfg['consumers']} consumers", "",
-                "| repeat | raw spawns/s (1 loop per core) | kcron runs/s end to end | ratio | "
-                "backfill took | load average |", "|---|---|---|---|---|---|"]
+        out += [
+            f"## P3 throughput: {p3['runs']} backfilled runs of `true`, "
+            f"{cfg['consumers']} consumers",
+            "",
+            "| repeat | raw spawns/s (1 loop per core) | kcron runs/s end to end | ratio | "
+            "backfill took | load average |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in p3["repeats"]:
-            out.append(f"| {r['repeat']} | {r['raw_spawn']['per_s']:.0f} | {r['runs_per_s']:.0f} | "
-                       f"{pct(r['ratio_to_raw'])} | {dur(r['backfill_s'])} | "
-                       f"{' '.join(f'{x:.2f}' for x in r['load_average'])} |")
-        out += ["", f"Median: kcron {fig(p3['runs_per_s'], lambda v: f'{v:.0f}/s')} vs raw "
-                f"{fig(p3['raw_per_s'], lambda v: f'{v:.0f}/s')}: "
-                f"**{fig(p3['ratio_to_raw'], pct)}** of the raw spawn rate.", ""]
+            out.append(
+                f"| {r['repeat']} | {r['raw_spawn']['per_s']:.0f} | {r['runs_per_s']:.0f} | "
+                f"{pct(r['ratio_to_raw'])} | {dur(r['backfill_s'])} | "
+                f"{' '.join(f'{x:.2f}' for x in r['load_average'])} |"
+            )
+        out += [
+            "",
+            f"Median: kcron {fig(p3['runs_per_s'], lambda v: f'{v:.0f}/s')} vs raw "
+            f"{fig(p3['raw_per_s'], lambda v: f'{v:.0f}/s')}: "
+            f"**{fig(p3['ratio_to_raw'], pct)}** of the raw spawn rate.",
+            "",
+        ]
     return out
 
 
@@ -194,23 +238,27 @@ def _md_p4(results: dict[str, Any]) -> list[str]:
     out: list[str] = []
     p4 = results.get("p4")
     if p4:
-        out += [f"## P4 scale: a generated {p4['jobs']:,}-job file", "",
-                "| figure | median [min–max] |", "|---|---|",
-                f"| `kcron check FILE` wall time | {fig(p4['check_s'])} |",
-                f"| `kcron check` peak RSS | {fig(p4['check_rss_mib'], mib)} |",
-                f"| producer: start → file parsed + broker reached | {fig(p4['parse_s'])} |",
-                f"| producer: start → schedule built (ready) | {fig(p4['startup_s'])} |",
-                f"| producer peak RSS | {fig(p4['producer_rss_mib'], mib)} |",
-                f"| runs due at the measured minute | {fig(p4['due'], lambda v: f'{v:.0f}')} |",
-                f"| minute → first due run delivered | {fig(p4['first_delivered_s'])} |",
-                f"| minute → last due run delivered | {fig(p4['last_delivered_s'])} |",
-                "",
-                "Delivery times are relative to the minute the runs were due: negative means "
-                "acknowledged by Kafka before it (the producer dispatches runs up to "
-                "`KCRON_DISPATCH_AHEAD_S` early and the workers hold them until due). The "
-                "producer's start-up includes parsing the file, reaching the broker and "
-                "building the schedule.",
-                ""]
+        out += [
+            f"## P4 scale: a generated {p4['jobs']:,}-job file",
+            "",
+            "| figure | median [min–max] |",
+            "|---|---|",
+            f"| `kcron check FILE` wall time | {fig(p4['check_s'])} |",
+            f"| `kcron check` peak RSS | {fig(p4['check_rss_mib'], mib)} |",
+            f"| producer: start → file parsed + broker reached | {fig(p4['parse_s'])} |",
+            f"| producer: start → schedule built (ready) | {fig(p4['startup_s'])} |",
+            f"| producer peak RSS | {fig(p4['producer_rss_mib'], mib)} |",
+            f"| runs due at the measured minute | {fig(p4['due'], lambda v: f'{v:.0f}')} |",
+            f"| minute → first due run delivered | {fig(p4['first_delivered_s'])} |",
+            f"| minute → last due run delivered | {fig(p4['last_delivered_s'])} |",
+            "",
+            "Delivery times are relative to the minute the runs were due: negative means "
+            "acknowledged by Kafka before it (the producer dispatches runs up to "
+            "`KCRON_DISPATCH_AHEAD_S` early and the workers hold them until due). The "
+            "producer's start-up includes parsing the file, reaching the broker and "
+            "building the schedule.",
+            "",
+        ]
         if p4.get("note"):
             out += [p4["note"], ""]
     return out
@@ -229,8 +277,6 @@ def markdown(results: dict[str, Any], chart: str | None) -> str:
     return "\n".join(out)
 
 
-
-
 def readme_table(results: dict[str, Any]) -> str:
     """The README's kcron-vs-cron table, from one run's results."""
     rows = ["| | kcron | cron, same run | target | met |", "|---|---|---|---|---|"]
@@ -240,8 +286,10 @@ def readme_table(results: dict[str, Any]) -> str:
         found = [met.get(n) for n in names]
         return "yes" if all(found) else "**no**"
 
-    for key, title, limit in (("p1", "P1 precision", "p1_kcron_p99_s"),
-                              ("p2", "P2 herd", "p2_kcron_p99_s")):
+    for key, title, limit in (
+        ("p1", "P1 precision", "p1_kcron_p99_s"),
+        ("p2", "P2 herd", "p2_kcron_p99_s"),
+    ):
         res = results.get(key)
         if not res:
             continue
@@ -249,15 +297,18 @@ def readme_table(results: dict[str, Any]) -> str:
         cells = []
         for name in ("kcron", "cron"):
             s = res["schedulers"][name]
-            cells.append(f"{dur(s['first']['median'])} / {dur(s['p50']['median'])} / "
-                         f"**{fig(s['p99'])}** / {dur(s['max']['median'])}")
+            cells.append(
+                f"{dur(s['first']['median'])} / {dur(s['p50']['median'])} / "
+                f"**{fig(s['p99'])}** / {dur(s['max']['median'])}"
+            )
         r = res["cron_p99_over_kcron_p99"]
         rows.append(
             f"| **{title}**: {res['jobs']:,} jobs due the same minute ({n} minutes each): "
             f"first / p50 / **p99** / max | {cells[0]} | {cells[1]} | kcron p99 ≤ "
             f"{dur(TARGETS[limit])}{', ≥ 3× better than cron' if key == 'p2' else ''} | "
             f"{yes(*[t for t in met if t.startswith(key.upper() + ': kcron')])}: cron p99 / "
-            f"kcron p99 = {fig(r, ratio)} |")
+            f"kcron p99 = {fig(r, ratio)} |"
+        )
     p3 = results.get("p3")
     if p3:
         rows.append(
@@ -265,25 +316,29 @@ def readme_table(results: dict[str, Any]) -> str:
             f"**{fig(p3['runs_per_s'], lambda v: f'{v:.0f} runs/s')}** | raw spawn rate, one "
             f"loop per core: {fig(p3['raw_per_s'], lambda v: f'{v:,.0f}/s')} | ≥ 80 % of raw | "
             f"{yes(*[t for t in met if t.startswith('P3')])}: "
-            f"{fig(p3['ratio_to_raw'], pct)} |")
+            f"{fig(p3['ratio_to_raw'], pct)} |"
+        )
     p4 = results.get("p4")
     if p4:
         rows.append(
             f"| **P4** `kcron check` on {p4['jobs']:,} jobs: time / peak RSS | "
             f"{fig(p4['check_s'])} / {fig(p4['check_rss_mib'], mib)} | | ≤ 5 s / ≤ 300 MB | "
             f"time {yes('P4: `kcron check` ≤ 5 s')}, RSS "
-            f"{yes('P4: `kcron check` peak RSS ≤ 300 MB')} |")
+            f"{yes('P4: `kcron check` peak RSS ≤ 300 MB')} |"
+        )
         rows.append(
             f"| **P4** producer start-up: file parsed / ready to dispatch / peak RSS | "
             f"{fig(p4['parse_s'])} / {fig(p4['startup_s'])} / {fig(p4['producer_rss_mib'], mib)}"
             f" | | ≤ 5 s / ≤ 300 MB | time "
             f"{yes('P4: producer start-up (parse + schedule) ≤ 5 s')}, RSS "
-            f"{yes('P4: producer peak RSS ≤ 300 MB')} |")
+            f"{yes('P4: producer peak RSS ≤ 300 MB')} |"
+        )
         rows.append(
             f"| **P4** last of the {fig(p4['due'], lambda v: f'{v:,.0f}')} runs due at a minute "
             f"acknowledged by Kafka, relative to the minute (first one) | "
             f"{fig(p4['last_delivered_s'])} ({fig(p4['first_delivered_s'])}) | | ≤ 1 s after | "
-            f"{yes('P4: last due run delivered ≤ 1 s after the minute')} |")
+            f"{yes('P4: last due run delivered ≤ 1 s after the minute')} |"
+        )
     return "\n".join(rows)
 
 
@@ -321,14 +376,17 @@ def _p3_panel(ax: Any, results: dict[str, Any]) -> None:
         meds = [p3["raw_per_s"]["median"], p3["runs_per_s"]["median"]]
         lows = [meds[0] - p3["raw_per_s"]["min"], meds[1] - p3["runs_per_s"]["min"]]
         highs = [p3["raw_per_s"]["max"] - meds[0], p3["runs_per_s"]["max"] - meds[1]]
-        bars = ax.bar(names, meds, yerr=[lows, highs], color=["#7f7f7f", COLORS["kcron"]],
-                      capsize=6)
+        bars = ax.bar(
+            names, meds, yerr=[lows, highs], color=["#7f7f7f", COLORS["kcron"]], capsize=6
+        )
         ax.bar_label(bars, labels=[f"{v:.0f}/s" for v in meds], padding=3)
         ax.margins(y=0.12)
         ax.axhline(0.8 * meds[0], color="green", ls="--", lw=1, label="target: 80 % of raw")
         ax.set_ylabel("processes started per second")
-        ax.set_title(f"P3 throughput: {p3['runs']} runs of `true` "
-                     f"({pct(p3['ratio_to_raw']['median'])} of raw)")
+        ax.set_title(
+            f"P3 throughput: {p3['runs']} runs of `true` "
+            f"({pct(p3['ratio_to_raw']['median'])} of raw)"
+        )
         ax.legend()
     else:
         ax.set_axis_off()
@@ -348,9 +406,11 @@ def _p4_panel(ax: Any, results: dict[str, Any]) -> None:
             x = bar.get_x()
             ax.hlines(limit, x, x + bar.get_width(), color="green", ls="--", lw=1.5)
         ax.set_ylabel("seconds (dashed: target)")
-        ax.set_title(f"P4 scale: {p4['jobs']:,} jobs; peak RSS check "
-                     f"{mib(p4['check_rss_mib']['median'])}, producer "
-                     f"{mib(p4['producer_rss_mib']['median'])}")
+        ax.set_title(
+            f"P4 scale: {p4['jobs']:,} jobs; peak RSS check "
+            f"{mib(p4['check_rss_mib']['median'])}, producer "
+            f"{mib(p4['producer_rss_mib']['median'])}"
+        )
     else:
         ax.set_axis_off()
 
@@ -369,8 +429,11 @@ def chart(results: dict[str, Any], path: Path) -> bool:
     _p3_panel(axes[1][0], results)
     _p4_panel(axes[1][1], results)
     m = results["machine"]
-    fig_.suptitle(f"kcron vs Debian cron, same run — {m['cores']} cores, Python {m['python']}, "
-                  f"{m['broker'].split(',')[0]}", fontsize=11)
+    fig_.suptitle(
+        f"kcron vs Debian cron, same run — {m['cores']} cores, Python {m['python']}, "
+        f"{m['broker'].split(',')[0]}",
+        fontsize=11,
+    )
     fig_.tight_layout()
     fig_.savefig(path, dpi=110)
     plt.close(fig_)

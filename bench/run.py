@@ -78,8 +78,11 @@ class Filler:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--quick", action="store_true", help="reduced sizes, under 3 minutes")
     p.add_argument("--only", default="p1,p2,p3,p4", help="comma-separated subset of p1..p4")
     p.add_argument("--out", type=Path, help="results directory [bench/results(/quick)]")
@@ -87,9 +90,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p1-minutes", type=int, help="measured minutes per scheduler")
     p.add_argument("--p2-jobs", type=int)
     p.add_argument("--p2-minutes", type=int)
-    p.add_argument("--layout", choices=("alternate", "overlap", "single"),
-                   help="kcron and cron in alternate minutes, both in the same minutes, or "
-                   "everything in one minute (a smoke check)")
+    p.add_argument(
+        "--layout",
+        choices=("alternate", "overlap", "single"),
+        help="kcron and cron in alternate minutes, both in the same minutes, or "
+        "everything in one minute (a smoke check)",
+    )
     p.add_argument("--p3-runs", type=int)
     p.add_argument("--p3-repeats", type=int)
     p.add_argument("--spawn-seconds", type=float, help="how long the raw spawn loops run")
@@ -97,20 +103,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--p4-repeats", type=int)
     p.add_argument("--consumers", type=int, default=2)
     p.add_argument("--launcher", choices=("supervisord", "direct"), default="supervisord")
-    p.add_argument("--kcron-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra setting for every kcron process (repeatable)")
+    p.add_argument(
+        "--kcron-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra setting for every kcron process (repeatable)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
-    p.add_argument("--report-only", type=Path, metavar="RESULTS_JSON",
-                   help="measure nothing: rewrite summary.md and the chart from a results.json")
+    p.add_argument(
+        "--report-only",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="measure nothing: rewrite summary.md and the chart from a results.json",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     defaults = {
-        "p1_jobs": 10, "p1_minutes": 1 if quick else 3,
-        "p2_jobs": 200 if quick else 1000, "p2_minutes": 1 if quick else 3,
+        "p1_jobs": 10,
+        "p1_minutes": 1 if quick else 3,
+        "p2_jobs": 200 if quick else 1000,
+        "p2_minutes": 1 if quick else 3,
         "layout": "overlap" if quick else "alternate",
-        "p3_runs": 1000 if quick else 20000, "p3_repeats": 1 if quick else 3,
+        "p3_runs": 1000 if quick else 20000,
+        "p3_repeats": 1 if quick else 3,
         "spawn_seconds": 3.0 if quick else 10.0,
-        "p4_jobs": 10000 if quick else 100000, "p4_repeats": 1 if quick else 3,
+        "p4_jobs": 10000 if quick else 100000,
+        "p4_repeats": 1 if quick else 3,
         "out": RESULTS / "quick" if quick else RESULTS,
     }
     for key, value in defaults.items():
@@ -118,8 +137,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, value)
     args.only = {x.strip().lower() for x in args.only.split(",") if x.strip()}
     extra = shlex.split(os.environ.get("BENCH_KCRON_ENV", "")) + args.kcron_env
-    env = {"KCRON_SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS,
-           "KCRON_FETCH_WAIT_MAX_MS": DEFAULT_FETCH_WAIT_MS}
+    env = {
+        "KCRON_SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS,
+        "KCRON_FETCH_WAIT_MAX_MS": DEFAULT_FETCH_WAIT_MS,
+    }
     for item in extra:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("KCRON_"):
@@ -151,8 +172,7 @@ class Bench:
             ready = [f for f in self.fillers if f.not_before_slot <= slot_index]
             ready.sort(key=lambda f: -f.not_before_slot)  # pinned to this slot first
             if until is not None:
-                ready = [f for f in ready
-                         if time.time() + f.estimate_s <= until - GAP_MARGIN_S][:1]
+                ready = [f for f in ready if time.time() + f.estimate_s <= until - GAP_MARGIN_S][:1]
             if not ready:
                 return
             self.fillers.remove(ready[0])
@@ -188,8 +208,15 @@ class Bench:
     def _kcron(self, workdir: Path, env: Env, jobs: Path, name: str) -> KcronStack:
         """1 producer + N consumers on their own topic and group, started and settled."""
         topic, group = f"kcron.bench.{name}.{self.bench_id}", f"kcron-bench-{name}-{self.bench_id}"
-        kstack = KcronStack(workdir, env, jobs, topic=topic, group=group,
-                            consumers=self.args.consumers, launcher=self.args.launcher)
+        kstack = KcronStack(
+            workdir,
+            env,
+            jobs,
+            topic=topic,
+            group=group,
+            consumers=self.args.consumers,
+            launcher=self.args.launcher,
+        )
         try:
             kstack.wait_ready()
         except BaseException:
@@ -203,8 +230,10 @@ class Bench:
         args = self.args
         workdir = self.workdir / f"p3-r{repeat}"
         workdir.mkdir()
-        say(f"P3 repeat {repeat}: a fresh broker and kcron "
-            f"(1 producer + {args.consumers} consumers)")
+        say(
+            f"P3 repeat {repeat}: a fresh broker and kcron "
+            f"(1 producer + {args.consumers} consumers)"
+        )
         broker = Broker(workdir)
         try:
             jobs = workdir / "idle.cron"
@@ -212,8 +241,9 @@ class Bench:
             env = Env(broker.bootstrap, tuple(args.kcron_env.items()))
             kstack = self._kcron(workdir, env, jobs, f"p3r{repeat}")
             try:
-                self.p3_rows.append(throughput.run_repeat(
-                    kstack, workdir, args.p3_runs, repeat, args.spawn_seconds))
+                self.p3_rows.append(
+                    throughput.run_repeat(kstack, workdir, args.p3_runs, repeat, args.spawn_seconds)
+                )
             finally:
                 kstack.stop()
         finally:
@@ -225,29 +255,38 @@ class Bench:
         args = self.args
         p4_file = self.workdir / "p4-jobs.cron"
         per_job = 0.0012  # seconds of parsing per job on this machine, with headroom
-        measured = {f"p{i}": getattr(args, f"p{i}_minutes") for i in (1, 2)
-                    if f"p{i}" in args.only}
+        measured = {f"p{i}": getattr(args, f"p{i}_minutes") for i in (1, 2) if f"p{i}" in args.only}
         last_slot = precision.minutes_used(args.layout, measured) - 1
         if "p4" in args.only:
             say(f"P4: generating {args.p4_jobs:,} jobs")
             self.p4_specs = scale.generate(p4_file, args.p4_jobs)
             for _ in range(args.p4_repeats):
-                self.fillers.append(Filler("P4 check", 5 + per_job * args.p4_jobs,
-                                           partial(self._p4_check, p4_file)))
+                self.fillers.append(
+                    Filler("P4 check", 5 + per_job * args.p4_jobs, partial(self._p4_check, p4_file))
+                )
                 if not args.quick:
-                    self.fillers.append(Filler("P4 producer", math.inf,
-                                               partial(self._p4_full, p4_file)))
+                    self.fillers.append(
+                        Filler("P4 producer", math.inf, partial(self._p4_full, p4_file))
+                    )
         if "p3" in args.only:
             for rep in range(1, args.p3_repeats + 1):
-                self.fillers.append(Filler("P3", 25 + args.spawn_seconds + args.p3_runs / 40,
-                                           partial(self._p3, rep)))
+                self.fillers.append(
+                    Filler(
+                        "P3", 25 + args.spawn_seconds + args.p3_runs / 40, partial(self._p3, rep)
+                    )
+                )
         if "p4" in args.only and args.quick:
             if last_slot <= 0:  # one measured minute (or none): start the producer right away
                 self._p4_start(p4_file)
             else:
-                self.fillers.append(Filler("P4 producer", 5 + per_job * args.p4_jobs,
-                                           partial(self._p4_start, p4_file),
-                                           not_before_slot=last_slot))
+                self.fillers.append(
+                    Filler(
+                        "P4 producer",
+                        5 + per_job * args.p4_jobs,
+                        partial(self._p4_start, p4_file),
+                        not_before_slot=last_slot,
+                    )
+                )
         if not args.quick:  # full mode: nothing runs between measured minutes
             for filler in self.fillers:
                 filler.estimate_s = math.inf
@@ -255,8 +294,10 @@ class Bench:
     def _p4_check(self, path: Path) -> None:
         say(f"P4: kcron check on {self.args.p4_jobs:,} jobs")
         row = scale.measure_check(path)
-        say(f"P4: kcron check took {row['seconds']:.1f} s, peak RSS "
-            f"{row['peak_rss_mib']:.0f} MiB, load {row['load_average']}")
+        say(
+            f"P4: kcron check took {row['seconds']:.1f} s, peak RSS "
+            f"{row['peak_rss_mib']:.0f} MiB, load {row['load_average']}"
+        )
         self.p4_checks.append(row)
 
     def _p4_start(self, path: Path) -> None:
@@ -279,8 +320,11 @@ class Bench:
     # -- P1 and P2 ------------------------------------------------------------------------
     def _precision(self, cron: SystemCron) -> None:
         args = self.args
-        phases = [precision.Phase(name, jobs) for name, jobs in
-                  (("p1", args.p1_jobs), ("p2", args.p2_jobs)) if name in args.only]
+        phases = [
+            precision.Phase(name, jobs)
+            for name, jobs in (("p1", args.p1_jobs), ("p2", args.p2_jobs))
+            if name in args.only
+        ]
         if not phases:
             return
         jobs = self.workdir / "kcron.cron"
@@ -310,11 +354,17 @@ class Bench:
         tmp.replace(kstack.jobs)  # the producer notices the new file and reloads it
         cron.set_block(cron_lines)
         kstack.wait_for(
-            lambda recs: any(r.get("msg") == "job file reloaded" and r.get("jobs") ==
-                             len(kcron_lines) for r in recs),
-            30, "the producer to reload the job file")
-        say(f"P1/P2: {len(slots)} measured minutes from "
-            f"{time.strftime('%H:%M', time.gmtime(first))} UTC ({args.layout})")
+            lambda recs: any(
+                r.get("msg") == "job file reloaded" and r.get("jobs") == len(kcron_lines)
+                for r in recs
+            ),
+            30,
+            "the producer to reload the job file",
+        )
+        say(
+            f"P1/P2: {len(slots)} measured minutes from "
+            f"{time.strftime('%H:%M', time.gmtime(first))} UTC ({args.layout})"
+        )
         kept: list[dict[str, Any]] = []
         kstack.keep = lambda r: str(r.get("job", ""))[:3] in ("p1-", "p2-")
         kstack.kept = kept
@@ -326,15 +376,19 @@ class Bench:
             phase = by_name[slot.phase]
             minute = time.strftime("%H:%M", time.gmtime(slot.at))
             with contextlib.suppress(BenchError):  # missing runs are counted and reported
-                kstack.wait_for(partial(_slot_done, phase, slot),
-                                slot.at + SLOT_TIMEOUT_S - time.time(),
-                                f"{slot.phase} runs of {minute}")
+                kstack.wait_for(
+                    partial(_slot_done, phase, slot),
+                    slot.at + SLOT_TIMEOUT_S - time.time(),
+                    f"{slot.phase} runs of {minute}",
+                )
             time.sleep(0.5)
             kstack.poll()
             loads[slot.at] = load_average()
-            say(f"{slot.phase} minute {minute} "
+            say(
+                f"{slot.phase} minute {minute} "
                 f"({'+'.join(slot.schedulers)}): {_slot_line(phase, slot)}; "
-                f"load {loads[slot.at]}")
+                f"load {loads[slot.at]}"
+            )
         cron.set_block([])
         kstack.keep = None
         for phase in phases:
@@ -362,11 +416,14 @@ class Bench:
             }
             for key in ("parse_s", "startup_s", "due", "first_delivered_s", "last_delivered_s"):
                 p4[key] = spread([r[key] for r in rows if r[key] is not None])
-            p4["producer_rss_mib"] = spread([r["peak_rss_mib"] for r in rows
-                                             if r["peak_rss_mib"] is not None])
+            p4["producer_rss_mib"] = spread(
+                [r["peak_rss_mib"] for r in rows if r["peak_rss_mib"] is not None]
+            )
             if self.args.quick and self.args.layout == "overlap":
-                p4["note"] = ("Quick mode: the P4 producer's measured minute is the P2 minute, "
-                              "so both share the 2 cores.")
+                p4["note"] = (
+                    "Quick mode: the P4 producer's measured minute is the P2 minute, "
+                    "so both share the 2 cores."
+                )
             self.results["p4"] = p4
 
 
@@ -378,8 +435,10 @@ def _slot_line(phase: precision.Phase, slot: precision.Slot) -> str:
         late = sorted(s.lateness for s in stamps if s.scheduler == name)
         if late:
             d = distribution(late)
-            parts.append(f"{name} n={d['n']} p50={report.dur(d['p50'])} "
-                         f"p99={report.dur(d['p99'])} max={report.dur(d['max'])}")
+            parts.append(
+                f"{name} n={d['n']} p50={report.dur(d['p50'])} "
+                f"p99={report.dur(d['p99'])} max={report.dur(d['max'])}"
+            )
         else:
             parts.append(f"{name}: no runs")
     return "; ".join(parts)
@@ -407,8 +466,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.time()
     machine = machine_info()
-    say(f"machine: {machine['cores']} cores, Python {machine['python']}, {machine['broker']}; "
-        f"load {load_average()}")
+    say(
+        f"machine: {machine['cores']} cores, Python {machine['python']}, {machine['broker']}; "
+        f"load {load_average()}"
+    )
     try:
         with machine_lock():
             workdir = Path(tempfile.mkdtemp(prefix="kcron-bench-"))
@@ -438,19 +499,29 @@ def main(argv: list[str] | None = None) -> int:
         load_average={"start": load_start, "end": load_average()},
         command=command,
         config={
-            "quick": args.quick, "layout": args.layout, "consumers": args.consumers,
-            "launcher": args.launcher, "kcron_env": args.kcron_env,
-            "p1_jobs": args.p1_jobs, "p1_minutes": args.p1_minutes,
-            "p2_jobs": args.p2_jobs, "p2_minutes": args.p2_minutes,
-            "p3_runs": args.p3_runs, "p3_repeats": args.p3_repeats,
+            "quick": args.quick,
+            "layout": args.layout,
+            "consumers": args.consumers,
+            "launcher": args.launcher,
+            "kcron_env": args.kcron_env,
+            "p1_jobs": args.p1_jobs,
+            "p1_minutes": args.p1_minutes,
+            "p2_jobs": args.p2_jobs,
+            "p2_minutes": args.p2_minutes,
+            "p3_runs": args.p3_runs,
+            "p3_repeats": args.p3_repeats,
             "spawn_seconds": args.spawn_seconds,
-            "p4_jobs": args.p4_jobs, "p4_repeats": args.p4_repeats,
+            "p4_jobs": args.p4_jobs,
+            "p4_repeats": args.p4_repeats,
         },
     )
     paths = report.write(results, args.out)
     print(paths["summary"].read_text())
-    say("wrote " + ", ".join(str(p) for p in paths.values())
-        + f" in {(time.time() - started) / 60:.1f} min")
+    say(
+        "wrote "
+        + ", ".join(str(p) for p in paths.values())
+        + f" in {(time.time() - started) / 60:.1f} min"
+    )
     return 0
 
 

@@ -119,18 +119,27 @@ def due_count(specs: list[Spec], boundary: int) -> int:
 def measure_check(path: Path) -> dict[str, Any]:
     """`kcron check FILE` as a user runs it (output discarded): wall time and peak RSS."""
     started = time.monotonic()
-    proc = subprocess.Popen([str(BIN / "kcron"), "check", str(path)], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [str(BIN / "kcron"), "check", str(path)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _pid, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise BenchError(f"kcron check failed ({proc.returncode}): "
-                         f"{proc.stderr.read().decode()[-2000:] if proc.stderr else ''}")
+        raise BenchError(
+            f"kcron check failed ({proc.returncode}): "
+            f"{proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+        )
     if proc.stderr:
         proc.stderr.close()
-    return {"seconds": elapsed, "peak_rss_mib": usage.ru_maxrss / 1024,
-            "load_average": load_average()}
+    return {
+        "seconds": elapsed,
+        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "load_average": load_average(),
+    }
 
 
 class ProducerRun:
@@ -144,8 +153,12 @@ class ProducerRun:
         self.started = time.time()
         self.proc = Process(
             [str(BIN / "kcron"), "produce", "--jobs", str(jobs), "--instance", "p4-producer"],
-            env.for_kcron(KCRON_TOPIC=self.topic), self.log_path, name="P4 producer",
-            append=True, keep_records=False, failure=BenchError,
+            env.for_kcron(KCRON_TOPIC=self.topic),
+            self.log_path,
+            name="P4 producer",
+            append=True,
+            keep_records=False,
+            failure=BenchError,
         )
         self.parsed_at: float | None = None
         self.ready_at: float | None = None
@@ -168,8 +181,10 @@ class ProducerRun:
             time.sleep(0.1)
         # The first boundary the producer is ready for (a second of margin).
         self.boundary = next_boundary(self.ready_at, lead_s=1.0)
-        say(f"P4 producer r{self.repeat} ready after {self.ready_at - self.started:.1f} s; "
-            f"measuring {time.strftime('%H:%M', time.gmtime(self.boundary))}")
+        say(
+            f"P4 producer r{self.repeat} ready after {self.ready_at - self.started:.1f} s; "
+            f"measuring {time.strftime('%H:%M', time.gmtime(self.boundary))}"
+        )
 
     def finish(self) -> dict[str, Any]:
         """Wait for every run due at the boundary to be delivered, then stop the producer."""
@@ -201,7 +216,9 @@ class ProducerRun:
         }
         if len(delivered) < expected:
             say(f"P4: only {len(delivered)} of {expected} due runs were delivered in time")
-        say(f"P4 r{self.repeat}: start-up {result['startup_s']:.1f} s, peak RSS {rss:.0f} MiB, "
+        say(
+            f"P4 r{self.repeat}: start-up {result['startup_s']:.1f} s, peak RSS {rss:.0f} MiB, "
             f"{expected} due runs, last delivered {result['last_delivered_s']} s after the "
-            f"minute, load {load}")
+            f"minute, load {load}"
+        )
         return result

@@ -90,10 +90,13 @@ class KcronStack:
         elif launcher == "direct":
             for index in range(consumers):
                 name = f"kcron-consumer-{index:02d}"
-                self._spawn([str(BIN / "kcron"), "consume", "--instance", name],
-                            workdir / f"{name}.log")
-            self._spawn([str(BIN / "kcron"), "produce", "--instance", "kcron-producer"],
-                        workdir / "kcron-producer.log")
+                self._spawn(
+                    [str(BIN / "kcron"), "consume", "--instance", name], workdir / f"{name}.log"
+                )
+            self._spawn(
+                [str(BIN / "kcron"), "produce", "--instance", "kcron-producer"],
+                workdir / "kcron-producer.log",
+            )
         else:
             raise BenchError(f"unknown launcher {launcher!r}")
 
@@ -151,7 +154,10 @@ class KcronStack:
             return {proc.log_path.stem: proc.pid for proc in self._procs}
         out = subprocess.run(
             [str(BIN / "supervisorctl"), "-c", str(REPO / "etc" / "supervisord.conf"), "status"],
-            env=self.env, capture_output=True, text=True, check=False,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         pids: dict[str, int] = {}
         for line in out.stdout.splitlines():

@@ -47,7 +47,9 @@ def ensure_installed() -> str:
             )
     query = subprocess.run(
         ["dpkg-query", "-W", "-f", "${Version}", "cron"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     return f"Debian cron {query.stdout.strip() or 'unknown version'}"
 

@@ -39,13 +39,19 @@ def raw_spawn_rate(seconds: float, loops: int | None = None) -> dict[str, Any]:
     """Spawns per second of ``loops`` concurrent ``subprocess.run(["true"])`` loops."""
     loops = loops or os.cpu_count() or 1
     procs = [
-        subprocess.Popen([sys.executable, "-c", _SPAWN_LOOP, str(seconds)],
-                         stdout=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", _SPAWN_LOOP, str(seconds)], stdout=subprocess.PIPE, text=True
+        )
         for _ in range(loops)
     ]
     counts = [int(p.communicate()[0].strip() or 0) for p in procs]
-    return {"loops": loops, "seconds": seconds, "spawns": sum(counts),
-            "per_s": sum(counts) / seconds, "per_s_per_loop": [c / seconds for c in counts]}
+    return {
+        "loops": loops,
+        "seconds": seconds,
+        "spawns": sum(counts),
+        "per_s": sum(counts) / seconds,
+        "per_s_per_loop": [c / seconds for c in counts],
+    }
 
 
 def job_file(path: Path, repeat: int) -> list[str]:
@@ -68,10 +74,22 @@ def run_repeat(
     say(f"P3 repeat {repeat}: backfilling {total} runs of `true` for the 2 consumers")
     started = time.time()
     backfill = subprocess.run(
-        [str(BIN / "kcron"), "backfill", "--jobs", str(jobs),
-         "--from", WINDOW_START.strftime("%Y-%m-%dT%H:%M"),
-         "--to", (WINDOW_START + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M")],
-        env=stack.env, cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+        [
+            str(BIN / "kcron"),
+            "backfill",
+            "--jobs",
+            str(jobs),
+            "--from",
+            WINDOW_START.strftime("%Y-%m-%dT%H:%M"),
+            "--to",
+            (WINDOW_START + timedelta(minutes=minutes)).strftime("%Y-%m-%dT%H:%M"),
+        ],
+        env=stack.env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     backfilled = time.time()
     if backfill.returncode != 0:
@@ -109,6 +127,8 @@ def run_repeat(
         "ratio_to_raw": rate / raw["per_s"],
         "load_average": load_average(),
     }
-    say(f"P3 repeat {repeat}: {rate:.0f} runs/s end to end vs raw {raw['per_s']:.0f} spawns/s "
-        f"({100 * rate / raw['per_s']:.0f} %), load {result['load_average']}")
+    say(
+        f"P3 repeat {repeat}: {rate:.0f} runs/s end to end vs raw {raw['per_s']:.0f} spawns/s "
+        f"({100 * rate / raw['per_s']:.0f} %), load {result['load_average']}"
+    )
     return result

@@ -192,8 +192,9 @@ def produce(jobs: str, **values: Any) -> None:
 
     Reloads the job file on SIGHUP and when it changes (a bad file keeps the
     last good job set). SIGTERM or SIGINT flushes pending runs and exits 0;
-    a second one stops at once (exit 128+signal). Producers with the same --producer-id elect one active producer; the
-    others stand by and take over when it stops.
+    a second one stops at once (exit 128+signal). Producers with the same
+    --producer-id elect one active producer; the others stand by and take
+    over when it stops.
     """
     from kcron.producer import ProducerService
 
