@@ -8,7 +8,6 @@ some Kafka-compatible dev brokers report wrongly.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -51,18 +50,8 @@ def read_topic(
     messages: list[Message] = []
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
-        last = time.monotonic() + idle_s  # the first message gets 2 x idle
-        while time.monotonic() - last < idle_s:
-            msg = consumer.poll(0.1)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.fatal():
-                    raise BrokerError(f"cannot read {topic}: {err}")
-                continue  # transient: librdkafka retries on its own
-            messages.append(msg)
-            last = time.monotonic()
+        for batch in kafka.read_until_quiet(consumer, idle_s, first_wait_s=2 * idle_s):
+            messages.extend(batch)
             if until is not None and until(messages):
                 break
     finally:

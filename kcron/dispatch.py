@@ -64,10 +64,15 @@ class PlainProducer(Protocol):
     """The part of a confluent_kafka Producer a plain dispatcher uses."""
 
     def produce(
-        self, topic: str, *, value: bytes, key: str | bytes, on_delivery: DeliveryReport | None
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: Callable[..., None] | None,
     ) -> None: ...
 
-    def poll(self, timeout: float = ...) -> int: ...
+    def poll(self, timeout: float) -> int: ...
 
     def flush(self, timeout: float = ...) -> int: ...
 
@@ -117,16 +122,7 @@ class Dispatcher:
                 ),
             )
 
-        while True:
-            try:
-                self._producer.produce(
-                    topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery
-                )
-                break
-            except BufferError:
-                # Local queue full (broker slow or down): wait for deliveries, never drop.
-                self._producer.poll(0.1)
-        self._producer.poll(0)
+        kafka.produce_patiently(self._producer, topic, msg.key, msg.encode(), on_delivery)
         return msg
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, Message
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
     AdminClient,
     NewPartitions,
@@ -296,3 +297,71 @@ def wait_for_broker(settings: Settings, timeout_s: float = 30.0) -> None:
             f"no Kafka broker answered at {settings.bootstrap_servers} within {timeout_s:g}s "
             f"({exc.args[0]}); start one with 'kcron broker' or set KCRON_BOOTSTRAP_SERVERS"
         ) from None
+
+
+class Producing(Protocol):
+    """What produce_patiently needs of a producer (confluent_kafka's, or a fake)."""
+
+    def produce(
+        self, topic: str, *, key: bytes | None, value: bytes, on_delivery: Callable[..., None]
+    ) -> None: ...
+
+    def poll(self, timeout: float) -> int: ...
+
+
+def produce_patiently(
+    producer: Producing,
+    topic: str,
+    key: bytes | None,
+    value: bytes,
+    on_delivery: Callable[..., None],
+) -> None:
+    """produce(), waiting out a full local queue (broker slow or down): never drop."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+        except BufferError:
+            producer.poll(0.1)
+        else:
+            producer.poll(0)  # serve delivery reports of earlier messages
+            return
+
+
+class Reading(Protocol):
+    """What read_until_quiet needs of an assigned consumer."""
+
+    def consume(self, num_messages: int = ..., timeout: float = ...) -> list[Message]: ...
+
+
+def read_until_quiet(
+    reader: Reading,
+    quiet_s: float,
+    *,
+    first_wait_s: float | None = None,
+    batch: int = 500,
+    keep_alive: Callable[[], None] | None = None,
+    monotonic: Callable[[], float] = time.monotonic,
+) -> Iterator[list[Message]]:
+    """Batches of messages until nothing has arrived for ``quiet_s``.
+
+    The end of a topic is found by reading, not from its high watermark,
+    which some Kafka-compatible brokers report wrongly. ``first_wait_s``
+    (default ``quiet_s``) bounds the wait for the first message, as
+    connecting and the first fetch take a moment. ``keep_alive`` runs before
+    every batch, for a caller that must keep polling something else. A fatal
+    error raises BrokerError; others are librdkafka's to retry.
+    """
+    quiet_since = monotonic() + (quiet_s if first_wait_s is None else first_wait_s) - quiet_s
+    while monotonic() - quiet_since < quiet_s:
+        if keep_alive is not None:
+            keep_alive()
+        good = []
+        for msg in reader.consume(batch, 0.1):
+            err = msg.error()
+            if err is None:
+                good.append(msg)
+            elif err.fatal():
+                raise BrokerError(f"cannot read {msg.topic()}: {err}")
+        if good:
+            quiet_since = monotonic()
+            yield good

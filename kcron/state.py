@@ -58,14 +58,10 @@ def read_state(
     state: dict[str, datetime] = {}
     try:
         reader.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
-        quiet_since = monotonic()
-        while monotonic() - quiet_since < STATE_QUIET_S:
-            if keep_alive is not None:
-                keep_alive()
-            records = [r for r in reader.consume(STATE_BATCH, 0.1) if r.error() is None]
-            if records:
-                quiet_since = monotonic()
-            apply_records(state, records, producer_id)
+        for batch in kafka.read_until_quiet(
+            reader, STATE_QUIET_S, batch=STATE_BATCH, keep_alive=keep_alive, monotonic=monotonic
+        ):
+            apply_records(state, batch, producer_id)
     finally:
         reader.close()
     return state

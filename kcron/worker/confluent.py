@@ -126,16 +126,10 @@ class ConfluentProducer:
         def report(err: KafkaError | None, _msg: Message) -> None:
             on_delivery(None if err is None else str(err))
 
-        while True:
-            try:
-                self._producer.produce(topic, key=key, value=value, on_delivery=report)
-                break
-            except BufferError:
-                self._producer.poll(0.1)  # local queue full: wait for deliveries, never drop
-            except KafkaException as exc:  # refused before sending, e.g. too large
-                on_delivery(str(exc.args[0]))
-                break
-        self._producer.poll(0)
+        try:
+            kafka.produce_patiently(self._producer, topic, key, value, report)
+        except KafkaException as exc:  # refused before sending, e.g. too large
+            on_delivery(str(exc.args[0]))
 
     def poll(self, timeout_s: float) -> None:
         self._producer.poll(timeout_s)

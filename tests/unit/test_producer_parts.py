@@ -134,7 +134,9 @@ def test_the_state_read_keeps_this_producers_latest_records_until_the_topic_is_q
             [
                 StateRecord(b"jobs/a", state("a", later)),
                 StateRecord(b"jobs/b", None),  # tombstone: b was removed
-                StateRecord(b"jobs/c", state("c", later), error="broken"),
+                StateRecord(
+                    b"jobs/c", state("c", later), error=KafkaError(KafkaError._TRANSPORT, "broken")
+                ),
             ],
         ],
         clock,
