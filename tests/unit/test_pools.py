@@ -28,6 +28,7 @@ def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location("render_pools", REPO / "etc/render-pools.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
