@@ -9,7 +9,7 @@ SUPERVISORCTL := KCRON_JOBS= KCRON_PRODUCER= KCRON_CONSUMERS= $(BIN)/supervisorc
 .PHONY: help install run status stop test test-all test-unit test-integration lint check clean
 
 help:
-	@echo "make run        start the embedded broker, 1 producer and 2 consumers (Ctrl-C stops)"
+	@echo "make run        start the embedded broker, 1 producer and a worker pool per queue (Ctrl-C stops)"
 	@echo "make status     supervisorctl status of a running 'make run'"
 	@echo "make stop       stop a running 'make run' gracefully"
 	@echo "make test       unit tests + a representative set of integration tests (< 5 min)"
@@ -98,7 +98,8 @@ SERVICE ?= kcron
 image:
 	containers/build-image.sh $(KCRON_IMAGE)
 
-# Kafka + kcron (1 producer, KCRON_CONSUMERS consumers) in the background.
+# Kafka + kcron (1 producer, KCRON_CONSUMERS consumers) and the consumer-only
+# nodes of queues cluster-a and cluster-b, in the background.
 up: image
 	@if [ "$(HOSTNET)" = 1 ]; then KCRON_IMAGE=$(KCRON_IMAGE) containers/compose-hostnet.sh $(HOSTNET_FILE) >/dev/null; fi
 	KCRON_IMAGE=$(KCRON_IMAGE) $(COMPOSE_PROJECT) up -d --no-build

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # `make run`: the embedded broker (unless KCRON_BOOTSTRAP_SERVERS points at a
-# cluster) plus supervisord running 1 producer and KCRON_CONSUMERS consumers.
+# cluster) plus supervisord running 1 producer and a consumer pool per queue:
+# KCRON_QUEUES, by default KCRON_CONSUMERS (2) workers on the default queue and
+# one each on cluster-a and cluster-b, the queues of etc/jobs.cron's
+# queue= jobs (docs/queues.md).
 # Ctrl-C stops supervisord's programs gracefully, then the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,7 +12,7 @@ export PATH="$PWD/$VENV/bin:$PATH"
 export KCRON_RUN_DIR="${KCRON_RUN_DIR:-$PWD/run}"
 export KCRON_JOBS="${KCRON_JOBS:-$PWD/etc/jobs.cron}"
 export KCRON_PRODUCER="${KCRON_PRODUCER:-true}"
-export KCRON_CONSUMERS="${KCRON_CONSUMERS:-2}"
+export KCRON_QUEUES="${KCRON_QUEUES:-${KCRON_TOPIC:-kcron.jobs}=${KCRON_CONSUMERS:-2} cluster-a=1 cluster-b=1}"
 mkdir -p "$KCRON_RUN_DIR"
 
 if [ -S "$KCRON_RUN_DIR/supervisor.sock" ] && supervisorctl -c etc/supervisord.conf pid >/dev/null 2>&1; then
@@ -24,6 +27,12 @@ if ! command -v supervisord >/dev/null; then
 fi
 
 kcron check "$KCRON_JOBS" --count 1
+
+# supervisord's config is static: the pools of the other queues go into a file
+# it includes, and the default pool's size into KCRON_CONSUMERS (numprocs).
+# A bad KCRON_QUEUES stops here, exit 78, before anything starts.
+consumers="$(python etc/render-pools.py --conf etc/supervisord.conf --out "$KCRON_RUN_DIR/pools.conf")"
+export KCRON_CONSUMERS="$consumers"
 
 broker_pid=""
 if [ -z "${KCRON_BOOTSTRAP_SERVERS:-}" ]; then
@@ -50,7 +59,7 @@ stop_broker() {
 }
 trap stop_broker EXIT
 trap 'true' INT TERM  # let supervisord handle the signal; we clean up after it
-echo "starting 1 producer + $KCRON_CONSUMERS consumers on $KCRON_JOBS (Ctrl-C or 'make stop' to stop)" >&2
+echo "starting 1 producer + the consumer pools above on $KCRON_JOBS (Ctrl-C or 'make stop' to stop)" >&2
 # As root (CI, dev containers), say so explicitly: it is what we mean, and it
 # spares the "Supervisor is running as root" CRIT line at every start.
 user_opt=()

@@ -1,8 +1,10 @@
 """The deployment shape, for real: the image, docker-compose.yml, supervisord inside.
 
-One compose project per module (see conftest.py): a broker and the kcron
-container with 1 producer + 2 consumers, the test job file mounted.  The
-tests run in file order and share it; the last one stops it.
+One compose project per module (see conftest.py): a broker, the kcron
+container with 1 producer + 2 consumers on the default queue, and the
+consumer-only nodes kcron-worker-a and kcron-worker-b, one pool each (queues
+cluster-a and cluster-b), the test job file mounted.  The tests run in file
+order and share it; the last one stops it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ pytestmark = pytest.mark.container
 
 T = TypeVar("T")
 CONSUMERS = ("kcron-consumer-00", "kcron-consumer-01")
+# The queue of each consumer-only node of docker-compose.yml, and its one process.
+QUEUE_NODES = {
+    "kcron-worker-a": ("cluster-a", "kcron-consumer-cluster-a-00"),
+    "kcron-worker-b": ("cluster-b", "kcron-consumer-cluster-b-00"),
+}
 # kcron's text log line: ts LEVEL instance logger [job run] message k=v...
 LINE = re.compile(
     r"^(?P<ts>\d{4}-\d\d-\d\dT[\d:.]+Z) (?P<level>[A-Z]+) +(?P<instance>\S+) (?P<logger>\S+) "
@@ -99,7 +106,11 @@ def test_docker_compose_yml_is_valid_as_it_is(compose_cmd: list[str]) -> None:
     run([*base, "config", "-q"])
     run([*base, "--profile", "workers", "config", "-q"])
     services = run([*base, "--profile", "workers", "config", "--services"]).stdout.split()
-    assert sorted(services) == ["kafka", "kcron", "kcron-worker"]
+    pools = ["kcron-worker-a", "kcron-worker-b"]
+    assert sorted(services) == ["kafka", "kcron", "kcron-worker", *pools]
+    # That kcron-worker-a and -b start without a profile (docker-compose 1.x lists
+    # every service here, profile or not): the project's plain `up -d` runs them,
+    # test_every_pool_of_the_compose_project_is_running_and_healthy.
 
 
 # --- the image ----------------------------------------------------------------
@@ -110,9 +121,11 @@ def test_image_is_lean_non_root_and_health_checked(kcron_image: str) -> None:
     assert config["User"] == "10001:10001"
     assert config["Healthcheck"]["Test"] == ["CMD", "kcron-healthcheck"]
     assert config["Cmd"] == ["supervisord", "-c", "/etc/supervisor/supervisord.conf"]
+    assert config["Entrypoint"] == ["kcron-entrypoint"]  # renders the pools, then execs CMD
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["KCRON_JOBS"] == "/etc/kcron/jobs.cron"
     assert env["KCRON_CONSUMERS"] == "2" and env["KCRON_PRODUCER"] == "true"
+    assert env["KCRON_QUEUES"] == ""  # unset: KCRON_CONSUMERS on the default queue
     # Offline (no network at all): what is installed, and the baked example.
     script = (
         "id -u; pip list --format=freeze; echo ---; cat /etc/kcron/jobs.cron; echo ---; "
@@ -132,6 +145,16 @@ def test_image_is_lean_non_root_and_health_checked(kcron_image: str) -> None:
     assert baked == (REPO / "etc/jobs.cron").read_text()
     assert "check-ok" in rest
     assert "needs the dev extra" in rest and "broker-exit=0" not in rest
+
+
+def test_a_bad_kcron_queues_stops_the_container_before_supervisord_exit_78(
+    kcron_image: str,
+) -> None:
+    argv = ["docker", "run", "--rm", "--network", "none", "-e", "KCRON_QUEUES=cluster-a=-1"]
+    result = run([*argv, kcron_image], check=False, timeout=60)
+    assert result.returncode == 78, result
+    assert "render-pools: KCRON_QUEUES 'cluster-a=-1': count must be" in result.stderr
+    assert "supervisord started" not in result.stdout + result.stderr
 
 
 # --- the running project ---------------------------------------------------------
@@ -223,6 +246,138 @@ def test_scheduled_runs_show_output_within_a_minute_or_so_of_up(project: Project
     )
     assert rec["instance"] in CONSUMERS
     assert after_up < 90
+
+
+def test_every_pool_of_the_compose_project_is_running_and_healthy(project: Project) -> None:
+    """kcron-worker-a and -b: a consumer-only node each, one process of its queue's pool."""
+    for service, (_queue, process) in QUEUE_NODES.items():
+
+        def pool_running(service: str = service) -> dict[str, str] | None:
+            result = project.exec(service, "supervisorctl", "status", check=False)
+            rows = status_rows(result.stdout)
+            settled = rows and all(s in ("RUNNING", "STOPPED") for s in rows.values())
+            return rows if settled else None
+
+        rows = wait_until(
+            pool_running, 60, f"{service}: its pool RUNNING", lambda s=service: project.logs(s)
+        )
+        assert rows == {"kcron-producer": "STOPPED", process: "RUNNING"}, rows
+        health = project.exec(service, "kcron-healthcheck", check=False)
+        assert health.returncode == 0 and health.stdout.strip().endswith("healthy"), health.stdout
+        assert "consumer pools: kcron.jobs=0 (-), " in project.logs(service)
+
+
+def test_backfilled_runs_of_each_queue_run_in_their_own_pool(project: Project) -> None:
+    """tests/container/queues.cron: 1 job on the default queue, 2 on cluster-a, 2 on cluster-b.
+
+    Each run's output must show in the log of a process of its queue's pool, in
+    that pool's container, once.  Needs the producer side of queues (queue=
+    routes to the topic NAME); the launch side alone sends every run to the
+    default queue.
+    """
+    out = project.exec(
+        "kcron",
+        "kcron",
+        "backfill",
+        "--jobs",
+        "/etc/kcron/queues.cron",
+        "--from",
+        "2026-01-01T00:00:00Z",
+        "--to",
+        "2026-01-01T00:00:01Z",
+    )
+    assert "backfill done runs=5" in out.stdout + out.stderr, out
+    services = ("kcron", *QUEUE_NODES)
+
+    def outputs() -> dict[str, list[dict[str, str]]]:
+        return {
+            service: [
+                r
+                for r in records(project.logs(service))
+                if r["logger"] == "kcron.job" and r["msg"].startswith("ct-queue ")
+            ]
+            for service in services
+        }
+
+    def context() -> str:
+        return "\n".join(f"--- {s}\n{project.logs(s)[-2000:]}" for s in services)
+
+    def all_five() -> dict[str, list[dict[str, str]]] | None:
+        got = outputs()
+        return got if sum(map(len, got.values())) >= 5 else None
+
+    wait_until(all_five, 60, "the output of the 5 backfilled runs", context)
+    time.sleep(2)  # a run executed twice would show by now
+    found = outputs()
+    pool_of = {"kcron": ("kcron.jobs", CONSUMERS)}
+    pool_of |= {s: (q, (p,)) for s, (q, p) in QUEUE_NODES.items()}
+    ran = []
+    for service, recs in found.items():
+        queue, processes = pool_of[service]
+        for rec in recs:
+            assert f"queue={queue} " in rec["msg"], f"{rec['job']} ran in {service}: {rec}"
+            assert rec["instance"] in processes, rec
+            ran.append(rec["job"])
+    assert sorted(ran) == ["q-a1", "q-a2", "q-b1", "q-b2", "q-default"], found
+
+
+def test_one_container_runs_a_pool_per_queue_from_kcron_queues(
+    project: Project, kcron_image: str
+) -> None:
+    """KCRON_QUEUES with three pools in one consumer-only container: all RUNNING, healthy.
+
+    Topics and group of its own, so it takes no partition from the project's pools.
+    """
+    env = {
+        "KCRON_BOOTSTRAP_SERVERS": f"127.0.0.1:{project.port}",
+        "KCRON_PRODUCER": "false",
+        "KCRON_TOPIC": "ct-multi.jobs",
+        "KCRON_GROUP": "ct-multi",
+        "KCRON_QUEUES": "ct-multi.jobs=1 ct-multi-a=2,ct-multi-b=1",
+        "KCRON_PARTITIONS": "2",
+    }
+    if project.broker == "dev":
+        env["KCRON_SESSION_TIMEOUT_MS"] = "6000"
+    argv = ["docker", "run", "-d", "--network", "host"]
+    for key, value in env.items():
+        argv += ["-e", f"{key}={value}"]
+    cid = run([*argv, kcron_image]).stdout.strip()
+    expected = {
+        "kcron-producer": "STOPPED",
+        "kcron-consumer-00": "RUNNING",
+        "kcron-consumer-ct-multi-a-00": "RUNNING",
+        "kcron-consumer-ct-multi-a-01": "RUNNING",
+        "kcron-consumer-ct-multi-b-00": "RUNNING",
+    }
+    try:
+
+        def all_running() -> dict[str, str] | None:
+            result = run(["docker", "exec", cid, "supervisorctl", "status"], check=False)
+            rows = status_rows(result.stdout)
+            return rows if rows == expected else None
+
+        def logs() -> str:
+            out = run(["docker", "logs", cid], check=False)
+            return out.stdout + out.stderr
+
+        wait_until(all_running, 60, "every pool RUNNING", logs)
+        health = run(["docker", "exec", cid, "kcron-healthcheck"], check=False)
+        assert health.returncode == 0 and health.stdout.strip().endswith("healthy"), health.stdout
+        assert " CRIT " not in logs() and " WARN " not in logs(), "supervisord warned at start"
+        # Each process serves its own queue's topic, with its retry and dead-letter topics.
+        recs = records(logs())
+        started = {r["instance"]: r["msg"] for r in recs if r["msg"].startswith("worker started")}
+        for process, queue in (
+            ("kcron-consumer-00", "ct-multi.jobs"),
+            ("kcron-consumer-ct-multi-a-01", "ct-multi-a"),
+            ("kcron-consumer-ct-multi-b-00", "ct-multi-b"),
+        ):
+            fields = started.get(process, "").split()
+            assert {f"topic={queue}", f"retry_topic={queue}.retry", f"dlq_topic={queue}.dlq"} <= (
+                set(fields)
+            ), started
+    finally:
+        run(["docker", "rm", "-f", cid], check=False)
 
 
 def test_healthcheck_reports_healthy(project: Project) -> None:
