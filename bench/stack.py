@@ -83,6 +83,14 @@ class KcronStack:
         self.keep: Callable[[dict[str, Any]], bool] | None = None
         self.kept: list[dict[str, Any]] = []
         if launcher == "supervisord":
+            # As etc/run-local.sh does: the pools file supervisord.conf includes
+            # (only the default pool here: KCRON_QUEUES is not set).
+            subprocess.run(
+                [str(BIN / "python"), str(REPO / "etc" / "render-pools.py"),
+                 "--conf", str(REPO / "etc" / "supervisord.conf"),
+                 "--out", str(run_dir / "pools.conf")],
+                env=self.env, check=True, capture_output=True,
+            )  # fmt: skip
             self._spawn(
                 [str(BIN / "supervisord"), "-c", str(REPO / "etc" / "supervisord.conf")],
                 workdir / "kcron.log",
