@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -61,6 +61,9 @@ class ProducerKafka(Protocol):
     def prepare(self) -> None:
         """Wait for the broker; create the run topic and the state topic if missing."""
 
+    def ensure_queues(self, queues: Collection[str]) -> None:
+        """Create the queues' topics if missing; raise BrokerError if one cannot be."""
+
     def elector(self) -> Elector: ...
 
     def dispatcher(self, metrics: Metrics, sleep: Callable[[float], None]) -> TxnDispatcher:
@@ -82,6 +85,11 @@ class KafkaPorts:
         kafka.wait_for_broker(settings)
         kafka.ensure_topic(settings)
         kafka.ensure_topic(settings, self._state_topic, 1, config={"cleanup.policy": "compact"})
+
+    def ensure_queues(self, queues: Collection[str]) -> None:
+        for queue in queues:
+            # --partitions and the replication factor, as for the default topic.
+            kafka.ensure_topic(self._settings, queue)
 
     def elector(self) -> Elector:
         group = transactional_id(self._settings, self._producer_id)
@@ -211,11 +219,15 @@ class _JobFileWatcher:
         self._stamp = new_stamp
         return "SIGHUP" if hup else "file changed"
 
+    def again(self) -> None:
+        """Reload again at the next check, even if the file stays as it is."""
+        self._stamp = None
 
-def _load_or_keep(path: Path, reason: str) -> tuple[Job, ...] | None:
+
+def _load_or_keep(path: Path, reason: str, max_queues: int) -> tuple[Job, ...] | None:
     """The reloaded jobs, or None (logged) when the file is bad: the last good set stays."""
     try:
-        return jobfile.load(path).jobs
+        return jobfile.load(path, max_queues=max_queues).jobs
     except JobFileError as exc:
         log.error(
             "reload failed; keeping the last good job set",
@@ -265,6 +277,7 @@ class ProducerService:
         self._pending: list[Run] = []  # popped from the schedule, not yet committed
         self._rebooted = False
         self._watcher: _JobFileWatcher | None = None
+        self._queues_made: set[str] = set()  # queue topics known to exist
 
     # Signal handlers only set flags; the loop does the work.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -281,7 +294,8 @@ class ProducerService:
         return self._stops > 1
 
     def run(self) -> int:
-        self._jobs = jobfile.load(self._path).jobs  # a bad file refuses to start: JobFileError
+        # A bad file refuses to start: JobFileError.
+        self._jobs = jobfile.load(self._path, max_queues=self._settings.max_queues).jobs
         self._host.install(self._on_stop, self._on_hup)
         try:
             elector = self._start()
@@ -298,6 +312,7 @@ class ProducerService:
     def _start(self) -> Elector:
         settings = self._settings
         self._kafka.prepare()
+        self._make_queues(self._jobs)  # @reboot and catch-up runs need them at once
         if settings.metrics_port:
             self._metrics.serve(settings.metrics_port, settings.metrics_addr)
         elector = self._kafka.elector()
@@ -403,8 +418,20 @@ class ProducerService:
         if reason is None:
             return
         self._reload = False
-        new = _load_or_keep(self._path, reason)
+        new = _load_or_keep(self._path, reason, self._settings.max_queues)
         if new is None:
+            return
+        try:
+            self._make_queues(new)
+        except KcronError as exc:
+            # Runs for a queue without a topic would fail every dispatch
+            # transaction, and so hold back every queue's runs.
+            log.error(
+                "reload failed; keeping the last good job set",
+                extra=fields(reason=reason, error=str(exc)),
+            )
+            if self._watcher is not None:
+                self._watcher.again()
             return
         old_names = {j.name for j in self._jobs}
         new_names = {j.name for j in new}
@@ -424,6 +451,16 @@ class ProducerService:
         )
         if self._scheduler is not None:
             self._log_next(self._scheduler)
+
+    def _make_queues(self, jobs: Sequence[Job]) -> None:
+        """Create the topics of queues new to this producer (BrokerError if one cannot be)."""
+        default = self._settings.topic
+        wanted = [q for q in jobfile.queues(jobs, default) if q not in self._queues_made]
+        wanted = [q for q in wanted if q != default]  # made by prepare()
+        if wanted:
+            self._kafka.ensure_queues(wanted)
+            self._queues_made.update(wanted)
+            log.info("queues ready", extra=fields(queues=wanted))
 
     def _sleep(self) -> None:
         sleep = MAX_SLEEP_S
