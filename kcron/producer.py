@@ -41,6 +41,8 @@ log = logging.getLogger("kcron.producer")
 MAX_SLEEP_S = 1.0
 # How often a stopping producer checks for a second signal while it leaves the group.
 LEAVE_SLICE_S = 0.1
+# A reload whose new queue topics could not be created is tried again after this long.
+QUEUE_RETRY_S = 10.0
 
 SignalHandler = Callable[[int, FrameType | None], None]
 
@@ -219,9 +221,10 @@ class _JobFileWatcher:
         self._stamp = new_stamp
         return "SIGHUP" if hup else "file changed"
 
-    def again(self) -> None:
-        """Reload again at the next check, even if the file stays as it is."""
+    def again(self, after_s: float) -> None:
+        """Reload again in ``after_s`` seconds, even if the file stays as it is."""
         self._stamp = None
+        self._last_check = self._monotonic() + after_s - self._interval_s
 
 
 def _load_or_keep(path: Path, reason: str, max_queues: int) -> tuple[Job, ...] | None:
@@ -431,7 +434,7 @@ class ProducerService:
                 extra=fields(reason=reason, error=str(exc)),
             )
             if self._watcher is not None:
-                self._watcher.again()
+                self._watcher.again(QUEUE_RETRY_S)
             return
         old_names = {j.name for j in self._jobs}
         new_names = {j.name for j in new}
