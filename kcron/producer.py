@@ -246,6 +246,46 @@ def _load_or_keep(path: Path, reason: str, max_queues: int) -> tuple[Job, ...] |
     return None
 
 
+class _QueueTopics:
+    """Creates the topics of the job file's queues, each once per producer."""
+
+    def __init__(self, kafka_ports: ProducerKafka, default: str) -> None:
+        self._kafka = kafka_ports
+        self._default = default  # made by prepare(), with the state topic
+        self._made: set[str] = set()
+
+    def make(self, jobs: Sequence[Job]) -> None:
+        """Create the topics of queues new to this producer; BrokerError if one cannot be."""
+        named = jobfile.queues(jobs, self._default)
+        wanted = [q for q in named if q != self._default and q not in self._made]
+        if wanted:
+            self._kafka.ensure_queues(wanted)
+            self._made.update(wanted)
+            log.info("queues ready", extra=fields(queues=wanted))
+
+
+def _made_or_keep(
+    queues: _QueueTopics, jobs: Sequence[Job], reason: str, watcher: _JobFileWatcher | None
+) -> bool:
+    """Whether the reloaded jobs' queue topics exist; if not (logged), the last good
+    job set stays, and the watcher tries the reload again a little later.
+
+    Runs for a queue without a topic would fail every dispatch transaction, and
+    so hold back the runs of every queue.
+    """
+    try:
+        queues.make(jobs)
+    except KcronError as exc:
+        log.error(
+            "reload failed; keeping the last good job set",
+            extra=fields(reason=reason, error=str(exc)),
+        )
+        if watcher is not None:
+            watcher.again(QUEUE_RETRY_S)
+        return False
+    return True
+
+
 def default_producer_id(jobs_path: str) -> str:
     """The job file's name: two producers on the same file fence each other."""
     return jobfile.name_stem(jobs_path)
@@ -280,7 +320,7 @@ class ProducerService:
         self._pending: list[Run] = []  # popped from the schedule, not yet committed
         self._rebooted = False
         self._watcher: _JobFileWatcher | None = None
-        self._queues_made: set[str] = set()  # queue topics known to exist
+        self._queue_topics = _QueueTopics(self._kafka, settings.topic)
 
     # Signal handlers only set flags; the loop does the work.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -315,7 +355,7 @@ class ProducerService:
     def _start(self) -> Elector:
         settings = self._settings
         self._kafka.prepare()
-        self._make_queues(self._jobs)  # @reboot and catch-up runs need them at once
+        self._queue_topics.make(self._jobs)  # @reboot and catch-up runs need them at once
         if settings.metrics_port:
             self._metrics.serve(settings.metrics_port, settings.metrics_addr)
         elector = self._kafka.elector()
@@ -422,19 +462,7 @@ class ProducerService:
             return
         self._reload = False
         new = _load_or_keep(self._path, reason, self._settings.max_queues)
-        if new is None:
-            return
-        try:
-            self._make_queues(new)
-        except KcronError as exc:
-            # Runs for a queue without a topic would fail every dispatch
-            # transaction, and so hold back every queue's runs.
-            log.error(
-                "reload failed; keeping the last good job set",
-                extra=fields(reason=reason, error=str(exc)),
-            )
-            if self._watcher is not None:
-                self._watcher.again(QUEUE_RETRY_S)
+        if new is None or not _made_or_keep(self._queue_topics, new, reason, self._watcher):
             return
         old_names = {j.name for j in self._jobs}
         new_names = {j.name for j in new}
@@ -454,16 +482,6 @@ class ProducerService:
         )
         if self._scheduler is not None:
             self._log_next(self._scheduler)
-
-    def _make_queues(self, jobs: Sequence[Job]) -> None:
-        """Create the topics of queues new to this producer (BrokerError if one cannot be)."""
-        default = self._settings.topic
-        wanted = [q for q in jobfile.queues(jobs, default) if q not in self._queues_made]
-        wanted = [q for q in wanted if q != default]  # made by prepare()
-        if wanted:
-            self._kafka.ensure_queues(wanted)
-            self._queues_made.update(wanted)
-            log.info("queues ready", extra=fields(queues=wanted))
 
     def _sleep(self) -> None:
         sleep = MAX_SLEEP_S
