@@ -332,6 +332,14 @@ def test_the_producer_makes_the_queue_topics_at_start_and_routes_reboot_runs(
     ]
 
 
+def test_misfire_catch_up_runs_go_to_their_queues_too(tmp_path: Path) -> None:
+    rig = ProducerRig(tmp_path, JOBS)
+    rig.kafka.state = {"gpu": T0.replace(hour=9, minute=58), "plain": T0}  # gpu missed 2 ticks
+    rig.stop_at(T0.replace(second=45))
+    assert rig.service.run() == 0
+    assert rig.sent() == [[("cluster-a", "gpu")]], "the latest missed tick, once, on its queue"
+
+
 def test_a_reload_makes_a_new_queues_topic_before_its_runs_go_there(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
