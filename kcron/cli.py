@@ -22,6 +22,7 @@ from kcron.options import (
     build_settings,
     common_options,
     handle_errors,
+    max_queues_option,
     metrics_options,
     option,
     partitions_option,
@@ -29,6 +30,7 @@ from kcron.options import (
     session_timeout_option,
     setting,
     timezone_option,
+    topic_option,
 )
 from kcron.settings import Settings
 from kcron.when import parse_when
@@ -42,8 +44,9 @@ _CHECK_ECHO_LINES = 5000
 def cli() -> None:
     """kcron: a distributed cron on Apache Kafka.
 
-    One producer turns a job file into run messages; any number of workers
-    in one consumer group run them. Start with `kcron check FILE`.
+    One producer turns a job file into run messages, each sent to its job's
+    queue (a topic); each queue has its own pool of workers, one consumer group.
+    Start with `kcron check FILE`.
     """
 
 
@@ -76,28 +79,40 @@ def cli() -> None:
     help="Show the runs strictly after this instant: ISO 8601 (naive = --timezone), now, "
     "now-1h, +2d. For example, what runs over a DST weekend.",
 )
+@topic_option
+@max_queues_option
 @handle_errors
-def check(jobs: str, count: int, timezone: str | None, output: str, start: str) -> None:
-    """Validate a job file and show each job with its next run times.
+def check(
+    jobs: str, count: int, timezone: str | None, output: str, start: str, **values: Any
+) -> None:
+    """Validate a job file and show each job with its next run times and its queue.
 
     Exits 0 when every line is valid; otherwise lists every bad line as
     FILE:LINE: reason and exits 65.
     """
-    settings = Settings.from_values({"timezone": timezone})
-    parsed = jobfile.load(jobs)
+    settings = Settings.from_values({"timezone": timezone, **values})
+    parsed = jobfile.load(jobs, max_queues=settings.max_queues)
     try:
         after = parse_when(start, datetime.now(UTC), settings.tz)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--from") from None
     listing = _check_listing(parsed.jobs, after, count, settings.tz)
+    queues = jobfile.queues(parsed.jobs, settings.topic)
     if output == "json":
-        click.echo(json.dumps({"file": jobs, "jobs": listing}, indent=2))
+        # Each job's queue= is in its "options", as before; "queues" is added.
+        queue_list = [{"name": name, "jobs": n} for name, n in queues.items()]
+        click.echo(json.dumps({"file": jobs, "jobs": listing, "queues": queue_list}, indent=2))
         return
     _echo_listing(listing, count)
-    noun = "job" if len(listing) == 1 else "jobs"
+    if queues:
+        click.echo("queues: " + ", ".join(f"{q} ({_jobs(n)})" for q, n in queues.items()))
     click.echo(
-        f"{jobs}: OK, {len(listing)} {noun} (times in UTC, schedules in {settings.timezone})"
+        f"{jobs}: OK, {_jobs(len(listing))} (times in UTC, schedules in {settings.timezone})"
     )
+
+
+def _jobs(count: int) -> str:
+    return f"{count} job" if count == 1 else f"{count} jobs"
 
 
 def _check_listing(
@@ -227,12 +242,13 @@ def produce(jobs: str, **values: Any) -> None:
 def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> None:
     """Produce every run of JOBS due in [--from, --to) now, with true scheduled times.
 
-    For catch-up after an outage, demos and experiments. @reboot jobs are skipped.
+    Each run goes to its job's queue. For catch-up after an outage, demos and
+    experiments. @reboot jobs are skipped.
     """
     from kcron import dispatch
 
     settings = build_settings("backfill", values)
-    parsed = jobfile.load(jobs)
+    parsed = jobfile.load(jobs, max_queues=settings.max_queues)
     now = datetime.now(UTC)
     try:
         window = (
@@ -266,6 +282,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
             runs=count,
             jobs=len(parsed.jobs),
             topic=settings.topic,
+            queues=list(jobfile.queues(parsed.jobs, settings.topic)),
             start=format_time(window[0]),
             end=format_time(window[1]),
         ),
@@ -277,7 +294,9 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     "--group",
     field="group",
     env="GROUP",
-    help="Consumer group; workers in one group share the runs.",
+    help="Consumer group; workers in one group share the runs. Each queue gets its own, "
+    "so a rebalance in one pool never pauses another.",
+    default_text="kcron on the topic kcron.jobs, else kcron-TOPIC",
 )
 @setting(
     "--concurrency",
@@ -340,7 +359,9 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
 @common_options
 @handle_errors
 def consume(**values: Any) -> None:
-    """Run a worker: execute runs from the topic, committing only after they finish.
+    """Run a worker: execute runs of one queue (--topic), committing only after they finish.
+
+    Failed runs retry through TOPIC.retry; dead letters go to TOPIC.dlq.
 
     SIGTERM or SIGINT stops taking runs, lets running ones finish within
     --grace, commits and exits 0. A second one stops at once: running jobs are

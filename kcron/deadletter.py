@@ -8,7 +8,7 @@ some Kafka-compatible dev brokers report wrongly.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from kcron.retry import DeadLetter, Source, read_dead_letter
 from kcron.settings import Settings
 
 DEFAULT_IDLE_S = 2.0
+DLQ_SUFFIX = retry.dlq_topic("")
 DELIVERY_TIMEOUT_S = 30.0
 
 
@@ -59,13 +60,30 @@ def read_topic(
     return messages
 
 
-def read_dead_letters(settings: Settings, idle_s: float = DEFAULT_IDLE_S) -> list[DeadLetter]:
-    topic = retry.dlq_topic(settings.topic)
-    letters = []
-    for msg in read_topic(settings, topic, idle_s):
-        source = Source(topic, msg.partition() or 0, msg.offset() or 0)
-        letters.append(read_dead_letter(msg.value(), source))
+def read_dead_letters(
+    settings: Settings, idle_s: float = DEFAULT_IDLE_S, queues: Sequence[str] | None = None
+) -> list[DeadLetter]:
+    """The dead letters of ``queues`` (default: the --topic one), oldest first.
+
+    Each letter's ``source`` is where it sits, ``<queue>.dlq``: queue_of() reads it back.
+    """
+    letters: list[DeadLetter] = []
+    for queue in queues or [settings.topic]:
+        topic = retry.dlq_topic(queue)
+        for msg in read_topic(settings, topic, idle_s):
+            source = Source(topic, msg.partition() or 0, msg.offset() or 0)
+            letters.append(read_dead_letter(msg.value(), source))
+    # Stable: within one queue the log's order stands; across queues, by time.
+    if queues is not None and len(queues) > 1:
+        letters.sort(key=lambda letter: letter.dead_at)
     return letters
+
+
+def queue_of(letter: DeadLetter) -> str | None:
+    """The queue whose dead-letter topic held ``letter``."""
+    if letter.source is None or not letter.source.topic.endswith(DLQ_SUFFIX):
+        return None
+    return letter.source.topic[: -len(DLQ_SUFFIX)]
 
 
 def find(letters: list[DeadLetter], run_id: str) -> DeadLetter | None:
@@ -76,15 +94,23 @@ def find(letters: list[DeadLetter], run_id: str) -> DeadLetter | None:
 
 
 def requeue(
-    settings: Settings, run_id: str, idle_s: float = DEFAULT_IDLE_S
-) -> tuple[RunMessage, DeadLetter]:
-    """Send the dead run ``run_id`` back to the main topic as a fresh first attempt."""
-    letters = read_dead_letters(settings, idle_s)
-    dlq = retry.dlq_topic(settings.topic)
+    settings: Settings,
+    run_id: str,
+    idle_s: float = DEFAULT_IDLE_S,
+    queues: Sequence[str] | None = None,
+) -> tuple[RunMessage, DeadLetter, str]:
+    """Send the dead run ``run_id`` back to its queue as a fresh first attempt.
+
+    Its queue is the one its message names, else the one whose dead-letter
+    topic held it. Returns the new message, the letter and that queue.
+    """
+    searched = list(queues or [settings.topic])
+    letters = read_dead_letters(settings, idle_s, searched)
     letter = find(letters, run_id)
     if letter is None:
+        where = ", ".join(retry.dlq_topic(q) for q in searched)
         raise DeadLetterNotFound(
-            f"no dead letter with id {run_id} in {dlq} ({len(letters)} dead letters read)"
+            f"no dead letter with id {run_id} in {where} ({len(letters)} dead letters read)"
         )
     run = letter.run()
     if run is None:
@@ -94,7 +120,15 @@ def requeue(
             f"{src.get('topic')} partition {src.get('partition')} offset {src.get('offset')}): "
             "there is nothing to requeue; its raw bytes are in raw_b64 (kcron dlq list --json)"
         )
+    target = run.queue or queue_of(letter) or settings.topic
+    if kafka.topic_partitions(settings, target) is None:
+        raise BrokerError(f"run {run.id} belongs to queue {target}, and that topic does not exist")
     fresh = retry.requeued(run, datetime.now(UTC))
+    _send(settings, target, fresh)
+    return fresh, letter, target
+
+
+def _send(settings: Settings, topic: str, fresh: RunMessage) -> None:
     producer = Producer(kafka.worker_producer_config(settings))
     errors: list[str] = []
 
@@ -102,14 +136,13 @@ def requeue(
         if err is not None:
             errors.append(str(err))
 
-    producer.produce(settings.topic, key=fresh.key, value=fresh.encode(), on_delivery=on_delivery)
+    producer.produce(topic, key=fresh.key, value=fresh.encode(), on_delivery=on_delivery)
     left = producer.flush(DELIVERY_TIMEOUT_S)
     if left or errors:
         raise BrokerError(
-            f"run {run.id} was not requeued to {settings.topic}: "
+            f"run {fresh.id} was not requeued to {topic}: "
             + (errors[0] if errors else "no delivery report in time")
         )
-    return fresh, letter
 
 
 # -- the click group -----------------------------------------------------------------
@@ -120,14 +153,18 @@ def _cut(text: str, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def table_rows(letters: list[DeadLetter]) -> list[tuple[str, ...]]:
+def table_rows(letters: list[DeadLetter], with_queue: bool = False) -> list[tuple[str, ...]]:
+    """The table of ``kcron dlq list``; ``with_queue`` adds a QUEUE column (several queues)."""
+    queue_head: tuple[str, ...] = ("QUEUE",) if with_queue else ()
     rows: list[tuple[str, ...]] = [
-        ("DEAD AT", "JOB", "RUN ID", "TRIES", "EXIT", "REASON", "LAST OUTPUT")
+        ("DEAD AT", *queue_head, "JOB", "RUN ID", "TRIES", "EXIT", "REASON", "LAST OUTPUT")
     ]
     for letter in letters:
+        queue: tuple[str, ...] = (_cut(queue_of(letter) or "-", 32),) if with_queue else ()
         rows.append(
             (
                 letter.dead_at or "-",
+                *queue,
                 _cut(letter.job or "-", 24),
                 letter.id or "-",
                 "-" if letter.attempts is None else str(letter.attempts),
@@ -151,4 +188,5 @@ def record_for_json(letter: DeadLetter) -> dict[str, Any]:
     doc = dict(letter.record)
     if letter.source is not None:
         doc["dlq_offset"] = letter.source.offset
+    doc["queue"] = queue_of(letter)
     return doc

@@ -2,7 +2,8 @@
 
 ``TransactionalDispatcher`` is the producer service's: one tick's runs and
 the jobs' dispatch state in one transaction. ``Dispatcher`` writes outside
-any transaction, for ``kcron backfill``.
+any transaction, for ``kcron backfill``. Both send each run to its job's
+queue (queue= in the job file), else to the default topic.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -44,7 +45,8 @@ def transactional_id(settings: Settings, producer_id: str) -> str:
     return f"kcron-producer.{settings.topic}.{producer_id}"
 
 
-def build_message(run: Run, produced_at: datetime) -> RunMessage:
+def build_message(run: Run, produced_at: datetime, default_topic: str) -> RunMessage:
+    """The run's message, addressed to its job's queue (``default_topic`` without queue=)."""
     job = run.job
     return RunMessage(
         id=new_run_id(),
@@ -57,6 +59,7 @@ def build_message(run: Run, produced_at: datetime) -> RunMessage:
         attempt=1,
         max_attempts=job.attempts,
         timeout_s=job.timeout,
+        queue=job.queue_or(default_topic),
     )
 
 
@@ -103,8 +106,8 @@ class Dispatcher:
         return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics)
 
     def send(self, run: Run, now: datetime) -> RunMessage:
-        msg = build_message(run, now)
-        topic = self._topic
+        msg = build_message(run, now, self._topic)
+        topic = msg.queue or self._topic
 
         def on_delivery(err: KafkaError | None, _record: Message) -> None:
             if err is None:
@@ -132,14 +135,16 @@ class Dispatcher:
 
 def backfill(
     settings: Settings,
-    runs: Iterable[Run],
+    runs: Sequence[Run],
     progress: Callable[[int], None] | None = None,
     clock: Clock = utc_now,
     metrics: Metrics | None = None,
 ) -> int:
-    """Produce every given run now, keeping each run's true ``scheduled_for``."""
+    """Produce every given run now, to its queue, keeping each run's true ``scheduled_for``."""
     kafka.wait_for_broker(settings)
     kafka.ensure_topic(settings)
+    for queue in sorted({run.job.queue for run in runs if run.job.queue is not None}):
+        kafka.ensure_topic(settings, queue)
     dispatcher = Dispatcher.connect(settings, metrics or Metrics())
     count = 0
     for run in runs:
@@ -208,11 +213,12 @@ class TransactionalDispatcher:
         Returns None, with the transaction aborted, when ``interrupted()`` says
         to stop at once (a second SIGTERM/SIGINT): nothing is committed then.
         """
-        messages = [build_message(run, now) for run in runs]
+        messages = [build_message(run, now, self._topic) for run in runs]
         placed: dict[str, tuple[int | None, int | None]] = {}
 
         def on_delivery(err: KafkaError | None, record: Message) -> None:
-            if err is None and record.topic() == self._topic:
+            # Only runs ask for a report (state records do not), whatever their queue.
+            if err is None:
                 placed[(record.key() or b"").decode()] = (record.partition(), record.offset())
 
         for attempt in range(1, TXN_ATTEMPTS + 1):
@@ -233,7 +239,7 @@ class TransactionalDispatcher:
                 "run dispatched",
                 extra=fields(
                     job=msg.job, run=msg.id, scheduled_for=format_time(msg.scheduled_for),
-                    partition=partition, offset=offset,
+                    queue=msg.queue, partition=partition, offset=offset,
                 ),
             )  # fmt: skip
         return messages
@@ -252,7 +258,8 @@ class TransactionalDispatcher:
         producer = self._producer
         producer.begin_transaction()
         for msg in messages:
-            producer.produce(self._topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery)
+            topic = msg.queue or self._topic
+            producer.produce(topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery)
         for job_name, when in last.items():
             producer.produce(
                 self._state_topic,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import crontab
 
-from kcron import cronexpr
+from kcron import cronexpr, topics
 from kcron.errors import InputFileError, JobFileError, LineError
 
 MAX_LINE_CHARS = 8192
@@ -48,7 +48,6 @@ OPTION_KEYS = ("name", "timeout", "attempts", "queue", "shell", "tz")
 _OPTION_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)=(\S*)")
 _TOKEN_RE = re.compile(r"[^ \t]+")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)?")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 # A sixth token that looks like a cron field means the user wrote a 6- or
@@ -93,6 +92,10 @@ class Job:
     def source(self) -> str:
         return f"{self.file}:{self.line}"
 
+    def queue_or(self, default: str) -> str:
+        """The topic this job's runs go to: its queue, else the default topic."""
+        return self.queue if self.queue is not None else default
+
     def options(self) -> dict[str, object]:
         """The options that differ from the defaults, for display."""
         shown: dict[str, object] = {}
@@ -113,6 +116,17 @@ class Job:
 class JobFile:
     path: str
     jobs: tuple[Job, ...] = field(default_factory=tuple)
+
+
+def queues(jobs: Iterable[Job], default: str) -> dict[str, int]:
+    """Jobs per queue, the default topic first (when it has jobs), then in file order."""
+    counts: dict[str, int] = {default: 0}
+    for job in jobs:
+        name = job.queue_or(default)
+        counts[name] = counts.get(name, 0) + 1
+    if not counts[default]:
+        del counts[default]
+    return counts
 
 
 class _LineInvalid(Exception):
@@ -138,8 +152,13 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def load(path: str | Path, display_name: str | None = None) -> JobFile:
-    """Read and parse a job file; raise JobFileError listing every bad line."""
+def load(
+    path: str | Path, display_name: str | None = None, *, max_queues: int | None = None
+) -> JobFile:
+    """Read and parse a job file; raise JobFileError listing every bad line.
+
+    ``max_queues`` (Settings.max_queues) bounds the distinct queue= names; None: no limit.
+    """
     p = Path(path)
     try:
         if p.stat().st_size > MAX_FILE_BYTES:
@@ -153,10 +172,10 @@ def load(path: str | Path, display_name: str | None = None) -> JobFile:
         raise InputFileError(f"{p}: permission denied") from None
     except OSError as exc:
         raise InputFileError(f"{p}: cannot read: {exc.strerror or exc}") from None
-    return parse(data, display_name or str(path))
+    return parse(data, display_name or str(path), max_queues=max_queues)
 
 
-def parse(data: bytes | str, filename: str) -> JobFile:
+def parse(data: bytes | str, filename: str, *, max_queues: int | None = None) -> JobFile:
     """Parse job-file content. Pure: no I/O, no clock."""
     if isinstance(data, str):
         try:
@@ -169,6 +188,7 @@ def parse(data: bytes | str, filename: str) -> JobFile:
     errors: list[LineError] = []
     jobs: list[Job] = []
     seen_names: dict[str, int] = {}
+    seen_queues: set[str] = set()
 
     for lineno, raw_line in enumerate(raw.split(b"\n"), start=1):
         try:
@@ -191,10 +211,24 @@ def parse(data: bytes | str, filename: str) -> JobFile:
             continue
         jobs.append(job)
         seen_names[job.name] = lineno
+        if job.queue is not None and job.queue not in seen_queues:
+            seen_queues.add(job.queue)
+            if max_queues is not None and len(seen_queues) == max_queues + 1:
+                errors.append(LineError(filename, lineno, _too_many_queues(job.queue, max_queues)))
 
     if errors:
         raise JobFileError(errors)
     return JobFile(filename, tuple(jobs))
+
+
+def _too_many_queues(queue: str, limit: int) -> str:
+    # Each queue is a topic (and a retry and a dead-letter topic) on the
+    # cluster, and a pool of workers to run: a typo-driven explosion of
+    # queues should be a refusal, not a few hundred new topics.
+    return (
+        f"queue '{queue}' makes {limit + 1} distinct queues, over the limit of {limit} "
+        "(raise it with --max-queues or KCRON_MAX_QUEUES)"
+    )
 
 
 def name_stem(filename: str) -> str:
@@ -348,8 +382,9 @@ def _parse_attempts(text: str) -> int:
 
 
 def _parse_queue(text: str) -> str:
-    if not _TOPIC_RE.fullmatch(text) or text in (".", ".."):
-        raise ValueError("not a valid Kafka topic name (letters, digits, '.', '_', '-')")
+    problem = topics.queue_name_problem(text)
+    if problem is not None:
+        raise ValueError(problem)
     return text
 
 

@@ -120,7 +120,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     conf = _common(settings)
     conf.update(
         {
-            "group.id": settings.group,
+            "group.id": settings.consumer_group,
             "auto.offset.reset": "earliest",
             # The scheduler writes in transactions: never run a run from an
             # aborted one. (librdkafka's default, stated because it matters.)

@@ -9,8 +9,12 @@ fields without breaking older workers. Anything wrong becomes one
 Two optional fields carry a run's retries: ``not_before`` (do not start
 earlier) and ``history`` (one entry per finished attempt). Absent means the
 default (no constraint, no history), so messages written before they existed
-still decode, and encoding leaves them out while they hold the default, so a
-first attempt's message is exactly what it always was.
+still decode, and encoding leaves them out while they hold the default.
+
+The optional ``queue`` names the topic the producer sent the run to, so logs
+and dead letters can say where a run belongs. Absent (a message from an older
+producer, or a retry written by an older worker) means "the topic it was read
+from" (docs/message-format.md).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kcron.errors import DecodeError
+from kcron.topics import is_topic_name
 
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024
@@ -107,6 +112,7 @@ class RunMessage:
     v: int = SCHEMA_VERSION
     not_before: datetime | None = None  # a retry waits for its backoff until then
     history: tuple[Attempt, ...] = ()  # earlier attempts, oldest first
+    queue: str | None = None  # the topic the producer sent it to; None: the one it is read from
 
     @property
     def key(self) -> bytes:
@@ -139,6 +145,8 @@ class RunMessage:
             data["not_before"] = format_time(self.not_before)
         if self.history:
             data["history"] = [a.to_dict() for a in self.history]
+        if self.queue is not None:
+            data["queue"] = self.queue
         return data
 
     def encode(self) -> bytes:
@@ -224,6 +232,7 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         timeout_s=_timeout(data["timeout_s"]),
         not_before=_not_before(data.get("not_before")),
         history=_history(data.get("history")),
+        queue=_queue(data.get("queue")),
     )
 
 
@@ -261,6 +270,16 @@ def _not_before(value: Any) -> datetime | None:
     if not isinstance(value, str):
         raise ValueError(f"field 'not_before' has type {_json_type(value)}")
     return _time(value, "time field: ")
+
+
+def _queue(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"field 'queue' has type {_json_type(value)}")
+    if not is_topic_name(value):
+        raise ValueError(f"field 'queue': '{value[:40]}' is not a Kafka topic name")
+    return value
 
 
 def _history(value: Any) -> tuple[Attempt, ...]:

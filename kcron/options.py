@@ -53,6 +53,15 @@ def setting(
     return option(*names, env=env, help=f"{help}  [default: {shown}]", **kwargs)
 
 
+topic_option = setting(
+    "--topic",
+    field="topic",
+    env="TOPIC",
+    help="Topic that carries runs: the default queue, for jobs without queue=; for a "
+    "worker, the one queue it serves.",
+)
+
+
 def common_options(func: F) -> F:
     """Options every Kafka-facing command shares."""
     decorators = [
@@ -63,7 +72,7 @@ def common_options(func: F) -> F:
             metavar="HOST:PORT[,...]",
             help="Kafka bootstrap servers.",
         ),
-        setting("--topic", field="topic", env="TOPIC", help="Topic that carries runs."),
+        topic_option,
         option(
             "-X",
             "--kafka-option",
@@ -123,7 +132,7 @@ def partitions_option(func: F) -> F:
         field="partitions",
         env="PARTITIONS",
         type=click.IntRange(1),
-        help="Partitions when creating the topic.",
+        help="Partitions when creating a topic.",
     )(func)
 
 
@@ -147,15 +156,25 @@ def jobs_option(func: F) -> F:
     )(func)
 
 
+def max_queues_option(func: F) -> F:
+    return setting(
+        "--max-queues",
+        field="max_queues",
+        env="MAX_QUEUES",
+        type=click.IntRange(1),
+        help="Most distinct queue= names a job file may hold.",
+    )(func)
+
+
 def schedule_options(func: F) -> F:
-    """The job file and how its topic is created: shared by produce and backfill."""
-    func = timezone_option(func)
+    """The job file and how its topics are created: shared by produce and backfill."""
+    func = max_queues_option(timezone_option(func))
     func = setting(
         "--replication-factor",
         field="replication_factor",
         env="REPLICATION_FACTOR",
         type=click.IntRange(1),
-        help="Replication factor when creating the topic.",
+        help="Replication factor when creating a topic (the default one and each queue's).",
     )(func)
     return jobs_option(partitions_option(func))
 

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,6 +41,8 @@ log = logging.getLogger("kcron.producer")
 MAX_SLEEP_S = 1.0
 # How often a stopping producer checks for a second signal while it leaves the group.
 LEAVE_SLICE_S = 0.1
+# A reload whose new queue topics could not be created is tried again after this long.
+QUEUE_RETRY_S = 10.0
 
 SignalHandler = Callable[[int, FrameType | None], None]
 
@@ -60,6 +62,9 @@ class ProducerKafka(Protocol):
 
     def prepare(self) -> None:
         """Wait for the broker; create the run topic and the state topic if missing."""
+
+    def ensure_queues(self, queues: Collection[str]) -> None:
+        """Create the queues' topics if missing; raise BrokerError if one cannot be."""
 
     def elector(self) -> Elector: ...
 
@@ -82,6 +87,11 @@ class KafkaPorts:
         kafka.wait_for_broker(settings)
         kafka.ensure_topic(settings)
         kafka.ensure_topic(settings, self._state_topic, 1, config={"cleanup.policy": "compact"})
+
+    def ensure_queues(self, queues: Collection[str]) -> None:
+        for queue in queues:
+            # --partitions and the replication factor, as for the default topic.
+            kafka.ensure_topic(self._settings, queue)
 
     def elector(self) -> Elector:
         group = transactional_id(self._settings, self._producer_id)
@@ -211,11 +221,16 @@ class _JobFileWatcher:
         self._stamp = new_stamp
         return "SIGHUP" if hup else "file changed"
 
+    def again(self, after_s: float) -> None:
+        """Reload again in ``after_s`` seconds, even if the file stays as it is."""
+        self._stamp = None
+        self._last_check = self._monotonic() + after_s - self._interval_s
 
-def _load_or_keep(path: Path, reason: str) -> tuple[Job, ...] | None:
+
+def _load_or_keep(path: Path, reason: str, max_queues: int) -> tuple[Job, ...] | None:
     """The reloaded jobs, or None (logged) when the file is bad: the last good set stays."""
     try:
-        return jobfile.load(path).jobs
+        return jobfile.load(path, max_queues=max_queues).jobs
     except JobFileError as exc:
         log.error(
             "reload failed; keeping the last good job set",
@@ -229,6 +244,46 @@ def _load_or_keep(path: Path, reason: str) -> tuple[Job, ...] | None:
             extra=fields(reason=reason, error=str(exc)),
         )
     return None
+
+
+class _QueueTopics:
+    """Creates the topics of the job file's queues, each once per producer."""
+
+    def __init__(self, kafka_ports: ProducerKafka, default: str) -> None:
+        self._kafka = kafka_ports
+        self._default = default  # made by prepare(), with the state topic
+        self._made: set[str] = set()
+
+    def make(self, jobs: Sequence[Job]) -> None:
+        """Create the topics of queues new to this producer; BrokerError if one cannot be."""
+        named = jobfile.queues(jobs, self._default)
+        wanted = [q for q in named if q != self._default and q not in self._made]
+        if wanted:
+            self._kafka.ensure_queues(wanted)
+            self._made.update(wanted)
+            log.info("queues ready", extra=fields(queues=wanted))
+
+
+def _made_or_keep(
+    queues: _QueueTopics, jobs: Sequence[Job], reason: str, watcher: _JobFileWatcher | None
+) -> bool:
+    """Whether the reloaded jobs' queue topics exist; if not (logged), the last good
+    job set stays, and the watcher tries the reload again a little later.
+
+    Runs for a queue without a topic would fail every dispatch transaction, and
+    so hold back the runs of every queue.
+    """
+    try:
+        queues.make(jobs)
+    except KcronError as exc:
+        log.error(
+            "reload failed; keeping the last good job set",
+            extra=fields(reason=reason, error=str(exc)),
+        )
+        if watcher is not None:
+            watcher.again(QUEUE_RETRY_S)
+        return False
+    return True
 
 
 def default_producer_id(jobs_path: str) -> str:
@@ -265,6 +320,7 @@ class ProducerService:
         self._pending: list[Run] = []  # popped from the schedule, not yet committed
         self._rebooted = False
         self._watcher: _JobFileWatcher | None = None
+        self._queue_topics = _QueueTopics(self._kafka, settings.topic)
 
     # Signal handlers only set flags; the loop does the work.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -281,7 +337,8 @@ class ProducerService:
         return self._stops > 1
 
     def run(self) -> int:
-        self._jobs = jobfile.load(self._path).jobs  # a bad file refuses to start: JobFileError
+        # A bad file refuses to start: JobFileError.
+        self._jobs = jobfile.load(self._path, max_queues=self._settings.max_queues).jobs
         self._host.install(self._on_stop, self._on_hup)
         try:
             elector = self._start()
@@ -298,6 +355,7 @@ class ProducerService:
     def _start(self) -> Elector:
         settings = self._settings
         self._kafka.prepare()
+        self._queue_topics.make(self._jobs)  # @reboot and catch-up runs need them at once
         if settings.metrics_port:
             self._metrics.serve(settings.metrics_port, settings.metrics_addr)
         elector = self._kafka.elector()
@@ -403,8 +461,8 @@ class ProducerService:
         if reason is None:
             return
         self._reload = False
-        new = _load_or_keep(self._path, reason)
-        if new is None:
+        new = _load_or_keep(self._path, reason, self._settings.max_queues)
+        if new is None or not _made_or_keep(self._queue_topics, new, reason, self._watcher):
             return
         old_names = {j.name for j in self._jobs}
         new_names = {j.name for j in new}

@@ -17,6 +17,7 @@ from datetime import tzinfo
 from typing import Any
 
 from kcron.errors import ConfigError
+from kcron.topics import queue_name_problem
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -29,14 +30,19 @@ _AT_LEAST_ONE = (
     "max_output_bytes",
     "session_timeout_ms",
     "fetch_wait_max_ms",
+    "max_queues",
 )
+DEFAULT_TOPIC = "kcron.jobs"
+DEFAULT_GROUP = "kcron"
 
 
 @dataclass(frozen=True)
 class Settings:
     # Kafka, common to every command
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "kcron.jobs"
+    # The default queue: jobs without queue= go here. It also names the
+    # producer's <topic>.state, for the runs of every queue.
+    topic: str = DEFAULT_TOPIC
     kafka_options: tuple[tuple[str, str], ...] = ()  # extra librdkafka properties (-X k=v)
     log_format: str = "text"
     log_level: str = "INFO"
@@ -57,9 +63,13 @@ class Settings:
     misfire: str = "once"
     # Missed ticks older than this are skipped, and logged.
     misfire_grace_s: float = 3600.0
+    # Distinct queue= names a job file may hold (check, produce, backfill, dlq):
+    # each is a topic, a retry and a dead-letter topic, and a pool of workers.
+    max_queues: int = 50
 
     # consumer
-    group: str = "kcron"
+    # None: one group per queue, see consumer_group.
+    group: str | None = None
     # Jobs due at the same minute start together, as under cron, instead of
     # queueing behind one another (or behind one long job) on their worker.
     concurrency: int = 8
@@ -103,6 +113,8 @@ class Settings:
             problems.append("bootstrap servers must not be empty")
         if not self.topic.strip():
             problems.append("topic must not be empty")
+        elif (problem := queue_name_problem(self.topic)) is not None:
+            problems.append(f"topic '{self.topic[:60]}': {problem}")
         try:
             zoneinfo.ZoneInfo(self.timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
@@ -126,6 +138,18 @@ class Settings:
         if not 0 <= self.dispatch_ahead_s <= 30:
             problems.append("dispatch-ahead must be between 0 and 30 seconds")
         return problems
+
+    @property
+    def consumer_group(self) -> str:
+        """The workers' group: --group if given, else one per queue.
+
+        Workers of different queues never share a group, so a rebalance in one
+        pool does not pause another. The default topic keeps the group kcron
+        always had, so existing deployments keep their committed offsets.
+        """
+        if self.group:
+            return self.group
+        return DEFAULT_GROUP if self.topic == DEFAULT_TOPIC else f"{DEFAULT_GROUP}-{self.topic}"
 
     @property
     def tz(self) -> tzinfo:

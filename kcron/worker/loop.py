@@ -189,7 +189,7 @@ def _log_started(settings: Settings, settler: Settler) -> None:
     log.info(
         "worker started",
         extra=fields(
-            group=settings.group,
+            group=settings.consumer_group,
             topic=settings.topic,
             retry_topic=settler.retry_topic,
             dlq_topic=settler.dlq_topic,
@@ -257,6 +257,13 @@ class Loop:
         except DecodeError as exc:
             self._crew.settler.undecodable(record, exc)
             return
+        if run.queue is not None and run.queue != self._crew.settings.topic:
+            # A hand-produced or copied message: the topic routed it here, and
+            # refusing it would only turn a routing slip into a dead letter.
+            log.warning(
+                "run belongs to another queue; running it here, where its topic sent it",
+                extra=fields(job=run.job, run=run.id, queue=run.queue, topic=key[0]),
+            )
         job = Job(run, key, record.offset, parts.generation)
         now = self._clock()
         when = start_at(run, now, self._backoff_hold)

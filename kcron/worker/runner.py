@@ -130,6 +130,8 @@ class JobRunner:
 
     def _where(self, job: Job) -> dict[str, object]:
         return {
+            # The queue the run belongs to: what a pool's operator filters on.
+            "queue": job.run.queue or self._topic,
             "topic": job.partition[0] if job.partition[0] != self._topic else None,
             "partition": job.partition[1],
             "offset": job.offset,

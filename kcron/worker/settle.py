@@ -116,6 +116,7 @@ class Settler:
             extra=fields(
                 job=run.job,
                 run=run.id,
+                queue=run.queue or self._settings.topic,
                 attempt=nxt.attempt,
                 max_attempts=nxt.max_attempts,
                 not_before=format_time(decision.not_before),
@@ -144,6 +145,7 @@ class Settler:
             extra=fields(
                 job=run.job,
                 run=run.id,
+                queue=run.queue or self._settings.topic,
                 kind=decision.kind.value,
                 reason=decision.reason,
                 attempts=record["attempts"],

@@ -4,7 +4,7 @@ kcron.dispatch.TxnProducer): the service runs on a virtual clock, no broker."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -115,9 +115,16 @@ class FakeKafka:
     dispatchers: list[TxnDispatcher] = field(default_factory=list)
     polls_in_read_state: list[int] = field(default_factory=list)
     metrics: Metrics | None = None
+    queues_made: list[list[str]] = field(default_factory=list)  # one entry per call
+    queue_failures: list[Exception] = field(default_factory=list)  # raised by the next calls
 
     def prepare(self) -> None:
         pass
+
+    def ensure_queues(self, queues: Collection[str]) -> None:
+        if self.queue_failures:
+            raise self.queue_failures.pop(0)
+        self.queues_made.append(list(queues))
 
     def elector(self) -> FakeElector:
         return self.elector_

@@ -82,7 +82,9 @@ def test_find_takes_the_latest_letter_of_a_run_and_ignores_case():
 @pytest.fixture
 def letters(monkeypatch: pytest.MonkeyPatch) -> list[DeadLetter]:
     found: list[DeadLetter] = []
-    monkeypatch.setattr(deadletter, "read_dead_letters", lambda settings, idle_s: found)
+    monkeypatch.setattr(
+        deadletter, "read_dead_letters", lambda settings, idle_s, queues=None: found
+    )
     return found
 
 

@@ -33,6 +33,7 @@ PURE = {
     "kcron.log",
     "kcron.options",
     "kcron.cli_dlq",
+    "kcron.topics",
 }
 
 
