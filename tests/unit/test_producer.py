@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from kcron import misfire
-from kcron.errors import ExitCode, FencedError
+from kcron import jobfile, misfire
+from kcron.errors import ExitCode, FencedError, JobFileError
 from kcron.message import decode
 from kcron.producer import ProducerService
 from kcron.settings import Settings
@@ -403,3 +403,45 @@ def test_a_single_signal_waits_until_the_group_is_left(tmp_path: Path) -> None:
     assert rig.elector.closed
     assert len(waits_while_leaving) >= 3
     assert rig.host.exited is None
+
+
+# -- start-up: the job file is parsed while the election group is joined --------
+
+
+def test_a_bad_job_file_is_reported_at_once_even_while_the_broker_does_not_answer(
+    tmp_path: Path,
+) -> None:
+    rig = Rig(tmp_path, "name=m 61 * * * * echo m\n")
+    broker_answers = threading.Event()
+    rig.kafka.prepare = broker_answers.wait  # type: ignore[method-assign]
+    try:
+        with pytest.raises(JobFileError) as info:
+            rig.service.run()
+    finally:
+        broker_answers.set()
+    assert "jobs.cron:1:" in str(info.value)
+    assert rig.elector.closed is False  # never created: nothing to leave
+
+
+def test_the_election_join_starts_before_the_job_file_is_parsed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig = Rig(tmp_path)
+    rig.script(p1="stop")
+    joined = threading.Event()
+    original_elector = rig.kafka.elector
+
+    def elector() -> FakeElector:
+        joined.set()
+        return original_elector()
+
+    rig.kafka.elector = elector  # type: ignore[method-assign]
+    original_load = jobfile.load
+
+    def load(*args: object, **kwargs: object) -> jobfile.JobFile:
+        # The join thread gets there while the file is still being parsed.
+        assert joined.wait(5), "the join did not start while the file was parsed"
+        return original_load(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jobfile, "load", load)
+    assert rig.service.run() == 0
