@@ -163,19 +163,26 @@ class ProducerRun:
         self.parsed_at: float | None = None
         self.ready_at: float | None = None
         self.boundary: int | None = None
+        # Records read while waiting for "next run" that came after it: with
+        # dispatch-ahead, the boundary's runs can be in the same read.
+        self._unread: list[dict[str, Any]] = []
 
     def _poll(self) -> list[dict[str, Any]]:
         self.proc.check_alive("its runs")
-        return self.proc.poll()
+        unread, self._unread = self._unread, []
+        return unread + self.proc.poll()
 
     def wait_ready(self, timeout_s: float = 600) -> None:
         deadline = time.monotonic() + timeout_s
         while self.ready_at is None:
-            for rec in self._poll():
+            records = self._poll()
+            for index, rec in enumerate(records):
                 if str(rec.get("msg", "")).startswith("producer started"):
                     self.parsed_at = parse_ts(rec["ts"])
                 elif rec.get("msg") == "next run":
                     self.ready_at = parse_ts(rec["ts"])
+                    self._unread = records[index + 1 :]
+                    break
             if time.monotonic() > deadline:
                 raise BenchError("P4 producer never became ready")
             time.sleep(0.1)
