@@ -230,6 +230,7 @@ class Env:
             KCRON_BOOTSTRAP_SERVERS=self.bootstrap,
             KCRON_LOG_FORMAT="json",
             PYTHONUNBUFFERED="1",
+            KCRON_ALLOW_ROOT_JOBS="true",  # the bench's own jobs, on a machine that may be root
         )
         env.update(values)
         env.update(dict(self.extra))

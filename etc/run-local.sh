@@ -59,6 +59,18 @@ stop_broker() {
 }
 trap stop_broker EXIT
 trap 'true' INT TERM  # let supervisord handle the signal; we clean up after it
+# A worker started as root refuses to run jobs as root (kcron/runas.py). Unless
+# told otherwise (KCRON_RUN_AS=USER, or KCRON_ALLOW_ROOT_JOBS=true), `make run`
+# as root runs the jobs as nobody: the demo jobs need no more, and a message
+# written by hand to the topic then cannot run anything as root.
+if [ "$(id -u)" -eq 0 ] && [ -z "${KCRON_RUN_AS:-}" ] && [ "${KCRON_ALLOW_ROOT_JOBS:-}" != "true" ]; then
+    export KCRON_RUN_AS=nobody
+fi
+if [ -n "${KCRON_RUN_AS:-}" ]; then
+    echo "jobs run as user $KCRON_RUN_AS (KCRON_RUN_AS)" >&2
+elif [ "$(id -u)" -eq 0 ]; then
+    echo "jobs run as root (KCRON_ALLOW_ROOT_JOBS=true)" >&2
+fi
 echo "starting 1 producer + the consumer pools above on $KCRON_JOBS (Ctrl-C or 'make stop' to stop)" >&2
 # As root (CI, dev containers), say so explicitly: it is what we mean, and it
 # spares the "Supervisor is running as root" CRIT line at every start.

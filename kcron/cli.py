@@ -355,6 +355,23 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     type=click.FloatRange(0, min_open=True),
     help="Longest backoff between attempts, in seconds.",
 )
+@setting(
+    "--run-as",
+    field="run_as",
+    env="RUN_AS",
+    metavar="USER",
+    help="Run jobs as this user (name or uid): its uid, groups and HOME. Needs a worker "
+    "started as root.",
+    default_text="the worker's user",
+)
+@option(
+    "--allow-root-jobs",
+    env="ALLOW_ROOT_JOBS",
+    is_flag=True,
+    default=None,
+    help="Let a worker started as root run jobs as root. Without it, such a worker needs "
+    "--run-as and refuses to start (exit 78).",
+)
 @metrics_options
 @common_options
 @handle_errors
@@ -367,10 +384,12 @@ def consume(**values: Any) -> None:
     --grace, commits and exits 0. A second one stops at once: running jobs are
     killed and not committed, so they run again elsewhere (exit 128+signal).
     """
+    from kcron.runas import worker_credentials
     from kcron.worker import Worker
 
+    values["run_as"] = values.get("run_as") or None  # KCRON_RUN_AS= means the worker's user
     settings = build_settings("consume", values)
-    sys.exit(Worker(settings).run())
+    sys.exit(Worker(settings, run_as=worker_credentials(settings)).run())
 
 
 @cli.command()

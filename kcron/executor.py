@@ -8,6 +8,9 @@
   the job's own process does, but with a timeout the leftovers are watched and
   their group killed when the timeout expires: nothing a run started outlives
   the run's timeout. Without a timeout they are left alone, as cron does.
+- With ``credentials``, the job runs as that user: the child sets its groups,
+  gid and uid before exec (the worker must be root to do so), and starts in
+  the user's home directory unless ``cwd`` says otherwise, as cron does.
 - stdin is /dev/null: a job that reads stdin gets EOF instead of hanging.
 - Output is passed on line by line as it arrives, but only ``max_output_bytes``
   of it; the rest is read and counted, never stored, so a job printing
@@ -53,12 +56,28 @@ class Outcome(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """The user a job runs as (kcron/runas.py resolves it from --run-as)."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...]  # supplementary groups, the primary one included
+    home: str
+
+    @property
+    def workdir(self) -> str:
+        return self.home if os.path.isdir(self.home) else "/"
+
+
+@dataclass(frozen=True)
 class ExecSpec:
     command: str
     shell: bool = False
     timeout_s: float | None = None
     env: Mapping[str, str] | None = None
     cwd: str | None = None
+    credentials: Credentials | None = None  # None: run as the worker's own user
 
 
 @dataclass(frozen=True)
@@ -207,6 +226,7 @@ def _spawn(spec: ExecSpec, result: _Clocked) -> subprocess.Popen[bytes] | ExecRe
         return result(Outcome.INVALID, None, f"cannot parse command line: {exc}")
     if not argv:
         return result(Outcome.INVALID, None, "empty command line")
+    creds = spec.credentials
     try:
         return subprocess.Popen(
             argv,
@@ -214,9 +234,14 @@ def _spawn(spec: ExecSpec, result: _Clocked) -> subprocess.Popen[bytes] | ExecRe
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             env=dict(spec.env) if spec.env is not None else None,
-            cwd=spec.cwd,
+            cwd=spec.cwd if spec.cwd is not None or creds is None else creds.workdir,
             start_new_session=True,
             close_fds=True,
+            # Applied in the child after setsid, groups first, uid last: once
+            # the uid is dropped the child could not change the others.
+            user=creds.uid if creds else None,
+            group=creds.gid if creds else None,
+            extra_groups=list(creds.groups) if creds else None,
         )
     except FileNotFoundError:
         return result(Outcome.NOT_FOUND, 127, f"command not found: {argv[0]}")

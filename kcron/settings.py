@@ -91,6 +91,11 @@ class Settings:
     # n the next waits about min(cap, base * 2**(n-1)), half of it jittered.
     retry_base_s: float = 10.0
     retry_cap_s: float = 300.0
+    # Whom jobs run as (kcron/runas.py): a worker started as root switches
+    # each job to this user, and refuses to run them as root unless
+    # allow_root_jobs says that is meant.
+    run_as: str | None = None
+    allow_root_jobs: bool = False
 
     # Commands that read a topic to its end (kcron dlq) stop once nothing has
     # arrived for this long: the end is found by reading, not from watermarks.

@@ -232,9 +232,13 @@ def kcron_argv(*args: str) -> list[str]:
 
 def kcron_env(bootstrap: str, **values: str) -> dict[str, str]:
     """A kcron process's environment: none of the caller's KCRON_* settings leak in;
-    JSON logs, unbuffered, then ``values``."""
+    JSON logs, unbuffered, then ``values``.
+
+    Test workers may run as root (CI, dev containers); their jobs are the
+    tests' own, so they are allowed to run as root too (kcron/runas.py)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KCRON_")}
     env.update(KCRON_BOOTSTRAP_SERVERS=bootstrap, KCRON_LOG_FORMAT="json", PYTHONUNBUFFERED="1")
+    env.update(KCRON_ALLOW_ROOT_JOBS="true")
     env.update(values)
     return env
 

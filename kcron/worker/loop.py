@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from kcron.errors import BrokerError, DecodeError
+from kcron.executor import Credentials
 from kcron.log import fields
 from kcron.message import RunMessage, decode, format_time
 from kcron.metrics import Metrics
@@ -61,8 +62,10 @@ class Worker:
         connector: Connector | None = None,
         pool: PoolFactory | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        run_as: Credentials | None = None,
     ) -> None:
         self._settings = settings
+        self._run_as = run_as  # whom jobs run as (kcron/runas.py); None: this process's user
         self._clock = clock
         self._rng = rng or random.Random()
         self._monotonic = monotonic
@@ -152,7 +155,7 @@ class Worker:
         if self._pool_factory is not None:
             return self._pool_factory(sink)
         s = self._settings
-        runner = JobRunner(s.max_output_bytes, s.topic, self.metrics, self._clock)
+        runner = JobRunner(s.max_output_bytes, s.topic, self.metrics, self._clock, self._run_as)
         return ThreadPool(runner, s.concurrency, sink)
 
     # -- port.Listener: called back by the consumer and producer on this thread -----

@@ -59,9 +59,21 @@ class Done:
     finished_at: datetime | None = None
 
 
-def run_environment(msg: RunMessage, base: Mapping[str, str]) -> dict[str, str]:
-    """The job's environment: the worker's own plus the run's identity."""
+# The worker's Kafka properties may hold a SASL password: a job run as
+# another user must not read the credentials its worker holds.
+WORKER_ONLY_ENV = ("KCRON_KAFKA_OPTIONS",)
+
+
+def run_environment(
+    msg: RunMessage, base: Mapping[str, str], user: executor.Credentials | None = None
+) -> dict[str, str]:
+    """The job's environment: the worker's own plus the run's identity, and
+    with ``user`` that user's HOME, USER and LOGNAME."""
     env = dict(base)
+    if user is not None:
+        for name in WORKER_ONLY_ENV:
+            env.pop(name, None)
+        env.update(HOME=user.home, USER=user.user, LOGNAME=user.user)
     env.update(
         KCRON_RUN_ID=msg.id,
         KCRON_JOB=msg.job,
@@ -102,11 +114,19 @@ class Pool(Protocol):
 class JobRunner:
     """Runs one job to its end and logs it; returns instead of raising."""
 
-    def __init__(self, max_output_bytes: int, topic: str, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        max_output_bytes: int,
+        topic: str,
+        metrics: Metrics,
+        clock: Clock,
+        run_as: executor.Credentials | None = None,
+    ) -> None:
         self._max_output_bytes = max_output_bytes
         self._topic = topic
         self._metrics = metrics
         self._clock = clock
+        self._run_as = run_as  # None: jobs run as the worker's user
 
     def execute(self, job: Job, cancel: threading.Event, on_spawn: Callable[[int], None]) -> Done:
         msg = job.run
@@ -170,7 +190,8 @@ class JobRunner:
             command=msg.command,
             shell=msg.shell,
             timeout_s=msg.timeout_s,
-            env=run_environment(msg, os.environ),
+            env=run_environment(msg, os.environ, self._run_as),
+            credentials=self._run_as,
         )
         self._metrics.running.inc()
         try:

@@ -199,6 +199,7 @@ def worker_env(
         KCRON_PARTITIONS=str(partitions),
         KCRON_LOG_FORMAT="json",
         KCRON_LOG_LEVEL="INFO",
+        KCRON_ALLOW_ROOT_JOBS="true",  # the experiment's own jobs, perhaps as root
         KCRON_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
         KCRON_CONCURRENCY=str(CONCURRENCY),
         KCRON_FETCH_WAIT_MAX_MS=str(FETCH_WAIT_MAX_MS),
