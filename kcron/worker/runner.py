@@ -59,6 +59,15 @@ class Done:
     finished_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Started:
+    """A job's command is starting: the settler writes its ``started`` event."""
+
+    job: Job
+    started_at: datetime
+    lateness_ms: int
+
+
 def run_environment(msg: RunMessage, base: Mapping[str, str]) -> dict[str, str]:
     """The job's environment: the worker's own plus the run's identity."""
     env = dict(base)
@@ -102,11 +111,19 @@ class Pool(Protocol):
 class JobRunner:
     """Runs one job to its end and logs it; returns instead of raising."""
 
-    def __init__(self, max_output_bytes: int, topic: str, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        max_output_bytes: int,
+        topic: str,
+        metrics: Metrics,
+        clock: Clock,
+        on_start: Callable[[Started], None] | None = None,
+    ) -> None:
         self._max_output_bytes = max_output_bytes
         self._topic = topic
         self._metrics = metrics
         self._clock = clock
+        self._on_start = on_start  # the run-events hook, served on the loop's thread
 
     def execute(self, job: Job, cancel: threading.Event, on_spawn: Callable[[int], None]) -> Done:
         msg = job.run
@@ -117,6 +134,8 @@ class JobRunner:
             lateness = (started - msg.due).total_seconds()
             where = self._where(job)
             self._started(msg, started, lateness, where)
+            if self._on_start is not None:
+                self._on_start(Started(job, started, ms(lateness)))
             result = self._run(msg, cancel, on_spawn)
             finished = self._clock()
             self._metrics.runs.labels(msg.job, result.outcome.value).inc()
