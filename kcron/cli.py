@@ -15,6 +15,7 @@ import click
 
 from kcron import __version__, jobfile, misfire, schedule
 from kcron.cli_dlq import dlq
+from kcron.cli_runs import jobs_command, runs, trigger
 from kcron.errors import ExitCode
 from kcron.log import configure, fields
 from kcron.message import format_time
@@ -421,6 +422,8 @@ def broker(host: str, port: int) -> None:
 
 
 cli.add_command(dlq)
+for command in (runs, jobs_command, trigger):
+    cli.add_command(command)
 
 
 def main() -> None:
