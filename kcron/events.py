@@ -148,7 +148,7 @@ class RunView:
     worker: str | None = None
     trigger: str | None = None
     next: str | None = None
-    last_at: str = ""  # the latest event's time: the order of ``kcron runs``
+    last_at: str = ""  # the latest event's time: what --since filters on
     events: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -204,14 +204,17 @@ class RunView:
 
 
 def fold(events: Iterable[dict[str, Any]]) -> list[RunView]:
-    """One view per run, newest first (by its latest event)."""
+    """One view per run, newest first: by the time it was due, then by its latest event
+    (a backfill runs old runs late; they still list where their schedule puts them)."""
     runs: dict[str, RunView] = {}
     for event in events:
         view = runs.get(event["id"])
         if view is None:
             view = runs[event["id"]] = RunView(event["id"], event["job"])
         view.add(event)
-    return sorted(runs.values(), key=lambda v: v.last_at, reverse=True)
+    return sorted(
+        runs.values(), key=lambda v: (v.scheduled_for or v.last_at, v.last_at), reverse=True
+    )
 
 
 def select(

@@ -77,8 +77,8 @@ def test_runs_jobs_and_trigger_after_a_backfill(
         assert (run["outcome"], run["exit_code"]) == expected, run
         assert run["scheduled_for"] and run["started_at"] and run["finished_at"]
         assert run["trigger"] == "schedule"
-    assert [r["finished_at"] for r in found] == sorted(
-        (r["finished_at"] for r in found), reverse=True
+    due = [r["scheduled_for"] for r in found]
+    assert due == sorted(due, reverse=True)
     )
 
     # every attempt of a retried run, with its output tail

@@ -118,6 +118,13 @@ def test_a_retried_run_folds_to_its_last_attempt_and_keeps_every_event():
     assert "    | last line" in detail
 
 
+def test_runs_list_by_when_they_were_due_not_when_a_backfill_ran_them():
+    old = run(n=1, scheduled_for=T0 - timedelta(hours=1))
+    new = run(n=2, scheduled_for=T0)
+    views = events.fold([started(new, T0), started(old, T0 + timedelta(seconds=1))])
+    assert [v.id for v in views] == [new.id, old.id]
+
+
 def test_a_late_event_of_an_earlier_attempt_does_not_rewind_the_run():
     first = run(max_attempts=2)
     second = dataclasses.replace(first, attempt=2)
