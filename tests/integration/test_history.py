@@ -79,7 +79,6 @@ def test_runs_jobs_and_trigger_after_a_backfill(
         assert run["trigger"] == "schedule"
     due = [r["scheduled_for"] for r in found]
     assert due == sorted(due, reverse=True)
-    )
 
     # every attempt of a retried run, with its output tail
     broken = next(r for r in found if r["job"] == "broken")
