@@ -15,7 +15,7 @@ import click
 
 from kcron import __version__, jobfile, misfire, schedule
 from kcron.cli_dlq import dlq
-from kcron.cli_runs import jobs_command, runs, trigger
+from kcron.cli_runs import events_retention_option, jobs_command, runs, trigger
 from kcron.errors import ExitCode
 from kcron.log import configure, fields
 from kcron.message import format_time
@@ -356,6 +356,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     type=click.FloatRange(0, min_open=True),
     help="Longest backoff between attempts, in seconds.",
 )
+@events_retention_option
 @metrics_options
 @common_options
 @handle_errors

@@ -24,10 +24,34 @@ from kcron.options import (
     jobs_option,
     max_queues_option,
     option,
+    setting,
     timezone_option,
 )
 from kcron.settings import Settings
 from kcron.when import parse_when
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return jobfile.parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+# For kcron consume: the worker creates <topic>.events with this retention.
+events_retention_option = setting(
+    "--events-retention",
+    "events_retention_s",
+    field="events_retention_s",
+    env="EVENTS_RETENTION",
+    metavar="DURATION",
+    callback=_duration,
+    help="How long <topic>.events keeps run events (kcron runs, kcron jobs), set when the "
+    "worker creates it: 7d, 12h, 3600.",
+    default_text="7d",
+)
 
 json_option = option("--json", "as_json", env="JSON", is_flag=True, help="Print JSON for scripts.")
 

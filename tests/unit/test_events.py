@@ -271,3 +271,40 @@ def test_events_is_a_reserved_queue_suffix():
     assert "run-events topic of queue 'x'" in (queue_name_problem("x.events") or "")
     with pytest.raises(DecodeError):
         decode(b"{}")
+
+
+def test_the_worker_creates_its_events_topic_with_the_configured_retention(monkeypatch):
+    from kcron import kafka
+    from kcron.settings import Settings
+
+    made: list[tuple[str | None, int | None, dict[str, str] | None]] = []
+
+    def ensure(_s: Settings, topic=None, partitions=None, config=None) -> int:
+        made.append((topic, partitions, config))
+        return 2
+
+    monkeypatch.setattr(kafka, "ensure_topic", ensure)
+    kafka.ensure_worker_topics(Settings(topic="q", events_retention_s=2 * 3600))
+    assert ("q.events", 1, {"retention.ms": "7200000"}) in made
+
+
+def test_consume_takes_the_events_retention_as_a_duration(monkeypatch):
+    from click.testing import CliRunner
+
+    from kcron import worker
+    from kcron.cli import cli
+
+    seen: list[float] = []
+
+    class FakeWorker:
+        def __init__(self, settings: Any) -> None:
+            seen.append(settings.events_retention_s)
+
+        def run(self) -> int:
+            return 0
+
+    monkeypatch.setattr(worker, "Worker", FakeWorker)
+    assert CliRunner().invoke(cli, ["consume", "--events-retention", "3d"]).exit_code == 0
+    assert seen == [3 * 86400]
+    bad = CliRunner().invoke(cli, ["consume", "--events-retention", "soon"])
+    assert bad.exit_code == 2 and "not a duration" in bad.output
