@@ -193,6 +193,7 @@ def _log_started(settings: Settings, settler: Settler) -> None:
             topic=settings.topic,
             retry_topic=settler.retry_topic,
             dlq_topic=settler.dlq_topic,
+            events_topic=settler.events_topic,
             concurrency=settings.concurrency,
             pid=os.getpid(),
         ),

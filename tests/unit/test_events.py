@@ -308,3 +308,65 @@ def test_consume_takes_the_events_retention_as_a_duration(monkeypatch):
     assert seen == [3 * 86400]
     bad = CliRunner().invoke(cli, ["consume", "--events-retention", "soon"])
     assert bad.exit_code == 2 and "not a duration" in bad.output
+
+
+# -- the commands, over a fake events topic ------------------------------------------------
+
+
+@pytest.fixture
+def history_topic(monkeypatch):
+    from kcron import runlog
+
+    first = run("backup", n=7, max_attempts=2)
+    second = dataclasses.replace(first, attempt=2)
+    other = run("report", n=8, scheduled_for=T0 + timedelta(minutes=1))
+    stream = [
+        started(first, T0),
+        finished(first, T0, "failed", 4, "retry"),
+        started(second, T0 + timedelta(seconds=3)),
+        finished(second, T0 + timedelta(seconds=4), "failed", 4, "dead_lettered"),
+        started(other, T0 + timedelta(minutes=1)),
+    ]
+    read: list[tuple[list[str], datetime | None]] = []
+
+    def read_events(_settings, queues, since=None, idle_s=None):
+        read.append((list(queues), since))
+        return [roundtrip(e) for e in stream]
+
+    monkeypatch.setattr(runlog, "read_events", read_events)
+    return first, other, read
+
+
+def test_kcron_runs_json_lists_each_run_once_with_its_latest_state(history_topic):
+    from click.testing import CliRunner
+
+    from kcron.cli import cli
+
+    first, other, read = history_topic
+    out = CliRunner().invoke(cli, ["runs", "--json", "--topic", TOPIC])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [(r["id"], r["outcome"], r["exit_code"], r["attempt"]) for r in rows] == [
+        (other.id, "running", None, 1),
+        (first.id, "failed", 4, 2),
+    ]
+    assert set(rows[0]) >= {"id", "job", "outcome", "exit_code", "scheduled_for", "started_at",
+                            "finished_at", "attempt"}  # fmt: skip
+    assert read == [([TOPIC], None)]
+    failed = CliRunner().invoke(cli, ["runs", "--outcome", "failed", "--topic", TOPIC])
+    assert first.id in failed.stdout and other.id not in failed.stdout
+    assert "1 of 2 runs in jobs.events" in failed.stderr
+
+
+def test_kcron_runs_run_id_shows_every_attempt_or_exits_66(history_topic):
+    from click.testing import CliRunner
+
+    from kcron.cli import cli
+
+    first, _, _ = history_topic
+    out = CliRunner().invoke(cli, ["runs", first.id, "--topic", TOPIC])
+    assert out.exit_code == 0
+    assert out.stdout.count("started") == 2 and out.stdout.count("finished") == 2
+    assert "next: dead_lettered" in out.stdout
+    missing = CliRunner().invoke(cli, ["runs", "no-such-run", "--topic", TOPIC])
+    assert missing.exit_code == 66 and "no run with id no-such-run" in missing.stderr
