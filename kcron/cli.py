@@ -15,6 +15,7 @@ import click
 
 from kcron import __version__, jobfile, misfire, schedule
 from kcron.cli_dlq import dlq
+from kcron.cli_runs import events_retention_option, jobs_command, runs, trigger
 from kcron.errors import ExitCode
 from kcron.log import configure, fields
 from kcron.message import format_time
@@ -372,6 +373,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     help="Let a worker started as root run jobs as root. Without it, such a worker needs "
     "--run-as and refuses to start (exit 78).",
 )
+@events_retention_option
 @metrics_options
 @common_options
 @handle_errors
@@ -440,6 +442,8 @@ def broker(host: str, port: int) -> None:
 
 
 cli.add_command(dlq)
+for command in (runs, jobs_command, trigger):
+    cli.add_command(command)
 
 
 def main() -> None:

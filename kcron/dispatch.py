@@ -45,8 +45,13 @@ def transactional_id(settings: Settings, producer_id: str) -> str:
     return f"kcron-producer.{settings.topic}.{producer_id}"
 
 
-def build_message(run: Run, produced_at: datetime, default_topic: str) -> RunMessage:
-    """The run's message, addressed to its job's queue (``default_topic`` without queue=)."""
+def build_message(
+    run: Run, produced_at: datetime, default_topic: str, trigger: str | None = None
+) -> RunMessage:
+    """The run's message, addressed to its job's queue (``default_topic`` without queue=).
+
+    ``trigger`` marks a run not made by the schedule ("manual": kcron trigger).
+    """
     job = run.job
     return RunMessage(
         id=new_run_id(),
@@ -60,6 +65,7 @@ def build_message(run: Run, produced_at: datetime, default_topic: str) -> RunMes
         max_attempts=job.attempts,
         timeout_s=job.timeout,
         queue=job.queue_or(default_topic),
+        trigger=trigger,
     )
 
 
@@ -105,8 +111,8 @@ class Dispatcher:
     def connect(cls, settings: Settings, metrics: Metrics) -> Dispatcher:
         return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics)
 
-    def send(self, run: Run, now: datetime) -> RunMessage:
-        msg = build_message(run, now, self._topic)
+    def send(self, run: Run, now: datetime, trigger: str | None = None) -> RunMessage:
+        msg = build_message(run, now, self._topic, trigger)
         topic = msg.queue or self._topic
 
         def on_delivery(err: KafkaError | None, _record: Message) -> None:

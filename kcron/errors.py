@@ -58,6 +58,12 @@ class DeadLetterNotFound(KcronError):
     exit_code = ExitCode.NOINPUT
 
 
+class NotFound(KcronError):
+    """kcron runs RUN_ID / kcron trigger JOB: no such run or job."""
+
+    exit_code = ExitCode.NOINPUT
+
+
 class NothingToRequeue(KcronError):
     """The dead letter holds no run (an undecodable message): there is nothing to send back."""
 

@@ -16,6 +16,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 )
 
 from kcron.errors import BrokerError, UnsupportedByBroker
+from kcron.events import events_topic
 from kcron.log import fields
 from kcron.retry import dlq_topic, retry_topic
 from kcron.settings import Settings
@@ -219,13 +220,17 @@ def ensure_topic(
 
 
 def ensure_worker_topics(settings: Settings) -> None:
-    """The main topic, its retry topic (as many partitions) and its dead-letter topic."""
+    """The main topic, its retry topic (as many partitions), its dead-letter and events topics."""
     partitions = ensure_topic(settings)
     # Same count as the main topic, so the range assignor gives a worker the
     # retry partitions that match its main ones.
     ensure_topic(settings, retry_topic(settings.topic), partitions)
     # One partition: dead letters are few, and one log keeps them in order.
     ensure_topic(settings, dlq_topic(settings.topic), 1)
+    # One partition too: two small records per attempt, read in one ordered
+    # pass by kcron runs; retention bounds the history (kcron/events.py).
+    retention_ms = str(round(settings.events_retention_s * 1000))
+    ensure_topic(settings, events_topic(settings.topic), 1, {"retention.ms": retention_ms})
 
 
 def topic_partitions(settings: Settings, topic: str) -> int | None:

@@ -15,6 +15,9 @@ The optional ``queue`` names the topic the producer sent the run to, so logs
 and dead letters can say where a run belongs. Absent (a message from an older
 producer, or a retry written by an older worker) means "the topic it was read
 from" (docs/message-format.md).
+
+The optional ``trigger`` says what made the run: ``manual`` for ``kcron
+trigger``; absent means its schedule (or a backfill).
 """
 
 from __future__ import annotations
@@ -113,6 +116,7 @@ class RunMessage:
     not_before: datetime | None = None  # a retry waits for its backoff until then
     history: tuple[Attempt, ...] = ()  # earlier attempts, oldest first
     queue: str | None = None  # the topic the producer sent it to; None: the one it is read from
+    trigger: str | None = None  # "manual" for kcron trigger; None: scheduled
 
     @property
     def key(self) -> bytes:
@@ -147,6 +151,8 @@ class RunMessage:
             data["history"] = [a.to_dict() for a in self.history]
         if self.queue is not None:
             data["queue"] = self.queue
+        if self.trigger is not None:
+            data["trigger"] = self.trigger
         return data
 
     def encode(self) -> bytes:
@@ -233,6 +239,7 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         not_before=_not_before(data.get("not_before")),
         history=_history(data.get("history")),
         queue=_queue(data.get("queue")),
+        trigger=_trigger(data.get("trigger")),
     )
 
 
@@ -279,6 +286,16 @@ def _queue(value: Any) -> str | None:
         raise ValueError(f"field 'queue' has type {_json_type(value)}")
     if not is_topic_name(value):
         raise ValueError(f"field 'queue': '{value[:40]}' is not a Kafka topic name")
+    return value
+
+
+def _trigger(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"field 'trigger' has type {_json_type(value)}")
+    if not _OUTCOME_RE.fullmatch(value):
+        raise ValueError(f"field 'trigger': '{value[:40]}' is not a trigger name")
     return value
 
 

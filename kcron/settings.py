@@ -96,6 +96,9 @@ class Settings:
     # allow_root_jobs says that is meant.
     run_as: str | None = None
     allow_root_jobs: bool = False
+    # Run events (<topic>.events, kcron/events.py): the topic's retention.ms
+    # when the worker creates it; an existing topic keeps its own.
+    events_retention_s: float = 7 * 86400.0
 
     # Commands that read a topic to its end (kcron dlq) stop once nothing has
     # arrived for this long: the end is found by reading, not from watermarks.
@@ -138,6 +141,8 @@ class Settings:
             problems.append("idle must be at least 0.1 seconds")
         if self.misfire_grace_s < 0:
             problems.append("misfire grace must be >= 0")
+        if self.events_retention_s <= 0:
+            problems.append("events retention must be > 0")
         if not 0 < self.retry_base_s <= self.retry_cap_s:
             problems.append("retry base must be > 0 and at most the retry cap")
         if not 0 <= self.dispatch_ahead_s <= 30:

@@ -1,7 +1,7 @@
 """Which names a queue may have. Pure.
 
-A queue is a topic, and kcron derives three more topics from it: ``NAME.retry``
-and ``NAME.dlq`` (the worker's) and ``NAME.state`` (the producer's, for the
+A queue is a topic, and kcron derives more topics from it: ``NAME.retry``,
+``NAME.dlq`` and ``NAME.events`` (the worker's) and ``NAME.state`` (the producer's, for the
 default topic). So a queue name must be a legal Kafka topic name that leaves
 room for those suffixes, and must not itself look like a derived topic:
 ``x.retry`` as a queue would collide with queue ``x``'s retry topic.
@@ -12,8 +12,13 @@ from __future__ import annotations
 import re
 
 MAX_TOPIC_CHARS = 249  # Kafka's limit
-DERIVED_SUFFIXES = {".retry": "retry", ".dlq": "dead-letter", ".state": "dispatch-state"}
-# NAME.retry, the longest derived name, must still fit Kafka's limit.
+DERIVED_SUFFIXES = {
+    ".retry": "retry",
+    ".dlq": "dead-letter",
+    ".state": "dispatch-state",
+    ".events": "run-events",
+}
+# NAME.events, the longest derived name, must still fit Kafka's limit.
 MAX_QUEUE_CHARS = MAX_TOPIC_CHARS - max(len(s) for s in DERIVED_SUFFIXES)
 TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 
@@ -33,7 +38,7 @@ def queue_name_problem(text: str) -> str | None:
     if len(text) > MAX_QUEUE_CHARS:
         return (
             f"too long for a queue ({len(text)} characters): at most {MAX_QUEUE_CHARS}, so "
-            f"that its retry topic NAME.retry fits Kafka's {MAX_TOPIC_CHARS}"
+            f"that its events topic NAME.events fits Kafka's {MAX_TOPIC_CHARS}"
         )
     for suffix, role in DERIVED_SUFFIXES.items():
         if text.endswith(suffix):

@@ -40,14 +40,14 @@ from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
 from kcron.worker.release import Crew, Releaser, log_committed
-from kcron.worker.runner import Done, Job, JobRunner, Pool, ThreadPool
+from kcron.worker.runner import Done, Job, JobRunner, Pool, Started, ThreadPool
 from kcron.worker.settle import Delivered, Hooks, Settler
 
 log = logging.getLogger("kcron.worker")
 
 Clock = Callable[[], datetime]
 PoolFactory = Callable[[Callable[[Done], None]], Pool]
-_Event = Done | Delivered
+_Event = Done | Delivered | Started
 
 
 class Worker:
@@ -141,7 +141,7 @@ class Worker:
         hooks = Hooks(parts.owns, lambda: parts.generation, finish, events.put)
         settler = Settler(settings, producer, hooks, self.metrics, self._clock, self._rng)
         self._settler = settler
-        pool = self._make_pool(events.put)
+        pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
         loop = Loop(crew, events, self._clock)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
@@ -151,11 +151,13 @@ class Worker:
     def _killed(self) -> int | None:
         return self._kill_signal
 
-    def _make_pool(self, sink: Callable[[Done], None]) -> Pool:
+    def _make_pool(self, sink: Callable[[Done], None], on_start: Callable[[Started], None]) -> Pool:
         if self._pool_factory is not None:
             return self._pool_factory(sink)
         s = self._settings
-        runner = JobRunner(s.max_output_bytes, s.topic, self.metrics, self._clock, self._run_as)
+        runner = JobRunner(
+            s.max_output_bytes, s.topic, self.metrics, self._clock, self._run_as, on_start
+        )
         return ThreadPool(runner, s.concurrency, sink)
 
     # -- port.Listener: called back by the consumer and producer on this thread -----
@@ -196,6 +198,7 @@ def _log_started(settings: Settings, settler: Settler) -> None:
             topic=settings.topic,
             retry_topic=settler.retry_topic,
             dlq_topic=settler.dlq_topic,
+            events_topic=settler.events_topic,
             concurrency=settings.concurrency,
             pid=os.getpid(),
         ),
@@ -315,6 +318,9 @@ class Loop:
                 return
             if isinstance(event, Delivered):
                 crew.settler.delivered(event)
+                continue
+            if isinstance(event, Started):
+                crew.settler.started(event)
                 continue
             crew.pool.taken(event.job)
             if crew.kill_signal() is None:  # killed runs are never committed

@@ -59,6 +59,15 @@ class Done:
     finished_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class Started:
+    """A job's command is starting: the settler writes its ``started`` event."""
+
+    job: Job
+    started_at: datetime
+    lateness_ms: int
+
+
 # The worker's Kafka properties may hold a SASL password: a job run as
 # another user must not read the credentials its worker holds.
 WORKER_ONLY_ENV = ("KCRON_KAFKA_OPTIONS",)
@@ -121,12 +130,14 @@ class JobRunner:
         metrics: Metrics,
         clock: Clock,
         run_as: executor.Credentials | None = None,
+        on_start: Callable[[Started], None] | None = None,
     ) -> None:
         self._max_output_bytes = max_output_bytes
         self._topic = topic
         self._metrics = metrics
         self._clock = clock
         self._run_as = run_as  # None: jobs run as the worker's user
+        self._on_start = on_start  # the run-events hook, served on the loop's thread
 
     def execute(self, job: Job, cancel: threading.Event, on_spawn: Callable[[int], None]) -> Done:
         msg = job.run
@@ -137,6 +148,8 @@ class JobRunner:
             lateness = (started - msg.due).total_seconds()
             where = self._where(job)
             self._started(msg, started, lateness, where)
+            if self._on_start is not None:
+                self._on_start(Started(job, started, ms(lateness)))
             result = self._run(msg, cancel, on_spawn)
             finished = self._clock()
             self._metrics.runs.labels(msg.job, result.outcome.value).inc()

@@ -4,6 +4,11 @@ A run's offset is marked done only once its fate is settled: it succeeded, or
 the record that replaces it (its next attempt on the retry topic, or its dead
 letter) is confirmed by the broker. A hand-off that fails leaves the run
 uncommitted, so it is delivered again (at-least-once).
+
+Its run events (``started``, ``finished`` on ``<queue>.events``, kcron/events.py)
+follow the same discipline: the offset waits for their delivery reports too,
+so a committed run always has its history, and an event that is not
+delivered leaves the run uncommitted.
 """
 
 from __future__ import annotations
@@ -14,14 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from kcron import executor, retry
+from kcron import events, executor, retry
 from kcron.errors import DecodeError
 from kcron.log import fields
-from kcron.message import Attempt, RunMessage, format_time
+from kcron.message import Attempt, format_time
 from kcron.metrics import Metrics
 from kcron.settings import Settings
 from kcron.worker.port import PartitionKey, ProducerPort, Record
-from kcron.worker.runner import Done, ms
+from kcron.worker.runner import Done, Job, Started, ms
 
 log = logging.getLogger("kcron.worker")
 
@@ -50,6 +55,69 @@ class Hooks:
     report: Callable[[Delivered], None]  # queue a delivery report for the loop
 
 
+Slot = tuple[PartitionKey, int, int]  # partition, offset, generation
+
+
+@dataclass
+class _Waiting:
+    """A run's records (events, retry, dead letter) awaiting their delivery report."""
+
+    records: int = 0
+    settled: bool = False  # its fate is decided: nothing more is produced for it
+    commit: bool = False  # commit once every record is confirmed
+    failed: bool = False
+
+
+class Ledger:
+    """Which runs wait for which delivery reports; finishes a run once all came."""
+
+    def __init__(self, hooks: Hooks) -> None:
+        self._hooks = hooks
+        self._slots: dict[Slot, _Waiting] = {}
+
+    def __len__(self) -> int:
+        return sum(1 for w in self._slots.values() if w.records)
+
+    def sent(self, slot: Slot) -> None:
+        self._slots.setdefault(slot, _Waiting()).records += 1
+
+    def settled(self, slot: Slot, commit: bool) -> None:
+        waiting = self._slots.setdefault(slot, _Waiting())
+        waiting.settled, waiting.commit = True, commit
+        self._close(slot, waiting)
+
+    def answered(self, slot: Slot, ok: bool) -> None:
+        waiting = self._slots.get(slot)
+        if waiting is None:
+            return
+        waiting.records -= 1
+        waiting.failed = waiting.failed or not ok
+        self._close(slot, waiting)
+
+    def _close(self, slot: Slot, waiting: _Waiting) -> None:
+        if not waiting.settled or waiting.records > 0:
+            return
+        del self._slots[slot]
+        if waiting.commit and not waiting.failed and slot[2] == self._hooks.generation():
+            self._hooks.finish(slot[0], slot[1])
+
+
+def _finish(done: Done, step: str, retry_at: datetime | None, now: datetime) -> events.Finish:
+    result = done.result
+    assert result is not None
+    return events.Finish(
+        outcome=result.outcome.value,
+        exit_code=result.exit_code,
+        duration_ms=ms(result.duration_s),
+        tail=result.tail.decode("utf-8", errors="replace"),
+        next=step,
+        finished_at=done.finished_at or now,
+        started_at=done.started_at,
+        retry_at=retry_at,
+        error=result.error,
+    )
+
+
 class Settler:
     def __init__(
         self,
@@ -68,17 +136,48 @@ class Settler:
         self._rng = rng
         self.retry_topic = retry.retry_topic(settings.topic)
         self.dlq_topic = retry.dlq_topic(settings.topic)
-        self._handoffs: dict[tuple[PartitionKey, int], str] = {}  # awaiting delivery -> topic
+        self.events_topic = events.events_topic(settings.topic)
+        self._ledger = Ledger(hooks)
         self.executed = 0
 
     @property
     def handoffs(self) -> int:
-        """Retries and dead letters awaiting their delivery report."""
-        return len(self._handoffs)
+        """Runs whose events, retry or dead letter await their delivery report."""
+        return len(self._ledger)
+
+    def started(self, event: Started) -> None:
+        """Write the run's ``started`` event; its offset now waits for it too."""
+        job = event.job
+        if not self._hooks.owns(job.partition, job.generation):
+            return
+        record = events.started(
+            job.run,
+            queue=job.run.queue or self._settings.topic,
+            worker=self._settings.instance,
+            partition=job.partition,
+            offset=job.offset,
+            started_at=event.started_at,
+            lateness_ms=event.lateness_ms,
+        )
+        self._send(job, self.events_topic, events.encode(record))
+
+    def _record(
+        self, done: Done, step: str, now: datetime, retry_at: datetime | None = None
+    ) -> None:
+        run = done.job.run
+        record = events.finished(
+            run,
+            queue=run.queue or self._settings.topic,
+            worker=self._settings.instance,
+            finish=_finish(done, step, retry_at, now),
+        )
+        self._send(done.job, self.events_topic, events.encode(record))
 
     def settle(self, done: Done) -> None:
         result, job = done.result, done.job
+        slot = (job.partition, job.offset, job.generation)
         if result is None or result.outcome is executor.Outcome.CANCELLED:
+            self._ledger.settled(slot, commit=False)
             return  # not run to the end: leave the offset for redelivery
         self.executed += 1
         if not self._hooks.owns(job.partition, job.generation):
@@ -90,6 +189,7 @@ class Settler:
                     "run failed after its partition moved; the new owner runs it again",
                     extra=fields(job=job.run.job, run=job.run.id),
                 )
+            self._ledger.settled(slot, commit=False)
             return
         now = self._clock()
         finished = done.finished_at or now
@@ -98,13 +198,16 @@ class Settler:
             self._rng,
         )  # fmt: skip
         if decision.verdict is retry.Verdict.SUCCEEDED:
-            self._hooks.finish(job.partition, job.offset)
-            return
-        attempt = retry.attempt_of(job.run, result, done.started_at or finished, finished)
-        if decision.verdict is retry.Verdict.RETRY:
-            self._retry(done, decision, attempt, now)
+            self._record(done, events.COMMITTED, now)
         else:
-            self._dead(done, decision, attempt, now)
+            attempt = retry.attempt_of(job.run, result, done.started_at or finished, finished)
+            if decision.verdict is retry.Verdict.RETRY:
+                self._retry(done, decision, attempt, now)
+                self._record(done, events.RETRY, now, decision.not_before)
+            else:
+                self._dead(done, decision, attempt, now)
+                self._record(done, events.DEAD_LETTERED, now)
+        self._ledger.settled(slot, commit=True)
 
     def _retry(self, done: Done, decision: retry.Decision, attempt: Attempt, now: datetime) -> None:
         run, result = done.job.run, done.result
@@ -125,7 +228,7 @@ class Settler:
                 exit_code=result.exit_code,
             ),
         )
-        self._hand_off(done.job.partition, done.job.offset, self.retry_topic, run, nxt.encode())
+        self._send(done.job, self.retry_topic, nxt.encode())
 
     def _dead(self, done: Done, decision: retry.Decision, attempt: Attempt, now: datetime) -> None:
         run, result, key = done.job.run, done.result, done.job.partition
@@ -152,8 +255,7 @@ class Settler:
                 exit_code=result.exit_code,
             ),
         )
-        value = retry.encode_dead_letter(record)
-        self._hand_off(key, done.job.offset, self.dlq_topic, run, value)
+        self._send(done.job, self.dlq_topic, retry.encode_dead_letter(record))
 
     def undecodable(self, record: Record, exc: DecodeError) -> None:
         """Not a run: dead-letter the raw bytes, commit once the broker has them."""
@@ -178,37 +280,46 @@ class Settler:
             extra=fields(kind=retry.DeadKind.UNDECODABLE.value, reason=letter["reason"], **place),
         )
         value = retry.encode_dead_letter(letter)
-        self._produce(key, offset, self.dlq_topic, "", record.key, value)
+        generation = self._hooks.generation()
+        self._produce((key, offset, generation), self.dlq_topic, "", record.key, value)
+        self._ledger.settled((key, offset, generation), commit=True)
 
-    def _hand_off(
-        self, key: PartitionKey, offset: int, topic: str, run: RunMessage, value: bytes
-    ) -> None:
-        self._produce(key, offset, topic, run.job, run.key, value)
+    def _send(self, job: Job, topic: str, value: bytes) -> None:
+        slot = (job.partition, job.offset, job.generation)
+        self._produce(slot, topic, job.run.job, job.run.key, value)
 
     def _produce(
-        self,
-        key: PartitionKey,
-        offset: int,
-        topic: str,
-        job: str,
-        record_key: bytes | None,
-        value: bytes,
+        self, slot: Slot, topic: str, job: str, record_key: bytes | None, value: bytes
     ) -> None:
-        """Produce the record that replaces the run at ``key``/``offset``; its
-        delivery report (through the loop's queue) decides whether to commit."""
-        generation = self._hooks.generation()
+        """Produce a record the run at ``slot`` waits for; its delivery report
+        (through the loop's queue) decides whether to commit."""
+        key, offset, generation = slot
 
         def on_delivery(error: str | None) -> None:
             # Served by producer.poll/flush on the loop's thread; still queued,
             # so offsets are only ever touched from one place.
             self._hooks.report(Delivered(key, offset, topic, job, error, generation))
 
-        self._handoffs[(key, offset)] = topic
+        self._ledger.sent(slot)
         self._producer.produce(topic, record_key, value, on_delivery)
 
     def delivered(self, event: Delivered) -> None:
-        self._handoffs.pop((event.partition, event.offset), None)
-        if event.error is not None:
+        slot = (event.partition, event.offset, event.generation)
+        self._ledger.answered(slot, ok=event.error is None)
+        if event.error is not None and event.topic == self.events_topic:
+            self._metrics.handoff_failures.labels(event.topic).inc()
+            log.error(
+                "run event not delivered; the run stays uncommitted and is delivered again "
+                "after a restart or rebalance",
+                extra=fields(
+                    to=event.topic,
+                    topic=event.partition[0],
+                    partition=event.partition[1],
+                    offset=event.offset,
+                    error=event.error,
+                ),
+            )
+        elif event.error is not None:
             self._metrics.handoff_failures.labels(event.topic).inc()
             self._metrics.delivery_failures.labels(event.job).inc()
             log.error(
@@ -222,9 +333,6 @@ class Settler:
                     error=event.error,
                 ),
             )
-            return
-        if event.generation == self._hooks.generation():
-            self._hooks.finish(event.partition, event.offset)
 
     def flush(self, timeout_s: float) -> None:
         """Wait for pending retries and dead letters, so their runs can be committed."""

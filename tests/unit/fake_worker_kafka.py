@@ -20,7 +20,7 @@ from kcron.message import RunMessage
 from kcron.settings import Settings
 from kcron.worker import Worker
 from kcron.worker.port import ClientError, CommitResult, Listener, PartitionKey, Record
-from kcron.worker.runner import Done, Job
+from kcron.worker.runner import Done, Job, Started
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 TOPIC = "jobs"
@@ -73,7 +73,8 @@ class FakeKafka:
         self.paused: set[PartitionKey] = set()
         self.pause_calls: list[list[PartitionKey]] = []
         self.resume_calls: list[list[PartitionKey]] = []
-        self.produced: list[Produced] = []
+        self.produced: list[Produced] = []  # retries and dead letters
+        self.events: list[Produced] = []  # run events (<topic>.events), kept apart
         self.fail_delivery: set[str] = set()  # topics whose records the broker rejects
         self.closed = False
         self.polls = 0
@@ -164,10 +165,11 @@ class FakeKafka:
     def produce(
         self, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[[str | None], None]
     ) -> None:
-        self.produced.append(Produced(topic, key, value, on_delivery))
+        kept = self.events if topic.endswith(".events") else self.produced
+        kept.append(Produced(topic, key, value, on_delivery))
 
     def _deliver(self) -> None:
-        for record in self.produced:
+        for record in self.produced + self.events:
             if not record.delivered:
                 record.delivered = True
                 if record.topic in self.fail_delivery:
@@ -175,7 +177,7 @@ class FakeKafka:
                 record.on_delivery(record.error)
 
     def pending(self) -> int:
-        return sum(not r.delivered for r in self.produced)
+        return sum(not r.delivered for r in self.produced + self.events)
 
     def flush(self, timeout_s: float) -> int:
         self._deliver()
@@ -268,6 +270,8 @@ class FakePool:
             ends = None if plan.seconds is None else self.time.mono + plan.seconds
             self.running.append(_Running(job, self.time.now, ends))
             self.started.append(job)
+            lateness = (self.time.now - job.run.due).total_seconds()
+            self.sink(Started(job, self.time.now, round(lateness * 1000)))  # type: ignore[arg-type]
 
     def _end(self, run: _Running, res: ExecResult) -> None:
         self.running.remove(run)

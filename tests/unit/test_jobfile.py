@@ -263,7 +263,7 @@ def test_valid_names(name):
     assert only_job(f"name={name} * * * * * x").name == name
 
 
-@pytest.mark.parametrize("queue", ["kcron.slow", "a", "Q_1-x", "q" * 243])
+@pytest.mark.parametrize("queue", ["kcron.slow", "a", "Q_1-x", "q" * 242])
 def test_valid_queues(queue):
     assert only_job(f"queue={queue} * * * * * x").queue == queue
 

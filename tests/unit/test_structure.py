@@ -34,6 +34,9 @@ PURE = {
     "kcron.options",
     "kcron.cli_dlq",
     "kcron.topics",
+    "kcron.events",
+    "kcron.history",
+    "kcron.cli_runs",
 }
 
 
