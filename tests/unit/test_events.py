@@ -297,7 +297,7 @@ def test_consume_takes_the_events_retention_as_a_duration(monkeypatch):
     seen: list[float] = []
 
     class FakeWorker:
-        def __init__(self, settings: Any) -> None:
+        def __init__(self, settings: Any, **_: Any) -> None:
             seen.append(settings.events_retention_s)
 
         def run(self) -> int:
