@@ -19,6 +19,7 @@ from kcron.errors import ExitCode
 from kcron.log import configure, fields
 from kcron.message import format_time
 from kcron.options import (
+    allow_commands_option,
     build_settings,
     common_options,
     handle_errors,
@@ -355,6 +356,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     type=click.FloatRange(0, min_open=True),
     help="Longest backoff between attempts, in seconds.",
 )
+@allow_commands_option
 @metrics_options
 @common_options
 @handle_errors

@@ -91,6 +91,12 @@ class Settings:
     # n the next waits about min(cap, base * 2**(n-1)), half of it jittered.
     retry_base_s: float = 10.0
     retry_cap_s: float = 300.0
+    # Commands this worker agrees to run (kcron/allowlist.py); None: any.
+    allow_commands: str | None = None
+
+    # Signed runs (kcron/signing.py, docs/security.md): producers, backfill,
+    # requeue and workers share the key file; None: unsigned, as before.
+    signing_key_file: str | None = None
 
     # Commands that read a topic to its end (kcron dlq) stop once nothing has
     # arrived for this long: the end is found by reading, not from watermarks.

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from kcron import executor, retry
+from kcron import executor, retry, signing
 from kcron.errors import DecodeError
 from kcron.log import fields
 from kcron.message import Attempt, RunMessage, format_time
@@ -59,8 +59,10 @@ class Settler:
         metrics: Metrics,
         clock: Clock,
         rng: random.Random,
+        keys: signing.KeySet | None = None,
     ) -> None:
         self._settings = settings
+        self._keys = keys  # re-signs retries: the next attempt is a new message
         self._producer = producer
         self._hooks = hooks
         self._metrics = metrics
@@ -125,7 +127,8 @@ class Settler:
                 exit_code=result.exit_code,
             ),
         )
-        self._hand_off(done.job.partition, done.job.offset, self.retry_topic, run, nxt.encode())
+        value = signing.encode_run(nxt, self._keys)
+        self._hand_off(done.job.partition, done.job.offset, self.retry_topic, run, value)
 
     def _dead(self, done: Done, decision: retry.Decision, attempt: Attempt, now: datetime) -> None:
         run, result, key = done.job.run, done.result, done.job.partition
@@ -177,6 +180,35 @@ class Settler:
             "dead letter",
             extra=fields(kind=retry.DeadKind.UNDECODABLE.value, reason=letter["reason"], **place),
         )
+        value = retry.encode_dead_letter(letter)
+        self._produce(key, offset, self.dlq_topic, "", record.key, value)
+
+    def rejected(self, record: Record, run: RunMessage, refusal: signing.Verdict) -> None:
+        """A run refused unrun: dead-letter its raw bytes, commit once the broker has them.
+
+        The letter holds no ``run``, so ``kcron dlq requeue`` cannot sign and
+        send back what no key holder wrote; job and metric labels never come
+        from the unverified message, so a flood cannot grow them.
+        """
+        key, offset = record.where, record.offset
+        self._metrics.rejected.labels(refusal.code, self._settings.topic).inc()
+        self._metrics.dead_letters.labels("", retry.DeadKind.REJECTED.value).inc()
+        letter = retry.dead_letter(
+            kind=retry.DeadKind.REJECTED,
+            reason=f"rejected ({refusal.code}): {refusal.reason}",
+            dead_at=self._clock(),
+            source=retry.Source(key[0], key[1], offset),
+            raw=record.value,
+            key=record.key,
+        )
+        letter["job"] = run.job  # as the message claims: for the listing only
+        log.error(
+            "run rejected, not executed",
+            extra=fields(
+                job=run.job, run=run.id, topic=key[0], partition=key[1], offset=offset,
+                refusal=refusal.code, reason=letter["reason"],
+            ),
+        )  # fmt: skip
         value = retry.encode_dead_letter(letter)
         self._produce(key, offset, self.dlq_topic, "", record.key, value)
 
