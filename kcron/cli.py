@@ -357,6 +357,16 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     help="Longest backoff between attempts, in seconds.",
 )
 @allow_commands_option
+@setting(
+    "--max-run-age",
+    "max_run_age_s",
+    field="max_run_age_s",
+    env="MAX_RUN_AGE",
+    type=click.FloatRange(1),
+    help="With --signing-key-file, refuse signed runs written longer ago than this many "
+    "seconds: the window in which a replayed message can repeat a run (docs/security.md).",
+    default_text="no bound",
+)
 @metrics_options
 @common_options
 @handle_errors

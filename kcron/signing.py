@@ -47,6 +47,7 @@ class Refusal:
     BAD_SIGNATURE = "bad_signature"
     UNKNOWN_KEY = "unknown_key"
     WRONG_QUEUE = "wrong_queue"
+    STALE = "stale"
     NOT_ALLOWED = "not_allowed"
 
 

@@ -10,9 +10,10 @@ command must match one of its patterns. A refused run is dead-lettered as
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from kcron.allowlist import AllowList
-from kcron.message import RunMessage
+from kcron.message import RunMessage, format_time
 from kcron.signing import KeySet, Refusal, Verdict
 
 
@@ -21,9 +22,10 @@ class Guard:
     topic: str  # the queue this worker serves
     keys: KeySet | None = None
     allow: AllowList | None = None
+    max_age: timedelta | None = None  # the replay window, with keys only
 
-    def check(self, raw: bytes | None, run: RunMessage) -> Verdict | None:
-        """None to run ``run`` (decoded from ``raw``), else why not."""
+    def check(self, raw: bytes | None, run: RunMessage, now: datetime) -> Verdict | None:
+        """None to run ``run`` (decoded from ``raw``) at ``now``, else why not."""
         if self.keys is not None:
             refusal = self.keys.verify_raw(raw or b"")
             if refusal is not None:
@@ -32,6 +34,14 @@ class Guard:
                 return Verdict(
                     Refusal.WRONG_QUEUE,
                     f"signed for queue '{run.queue}', read from queue '{self.topic}'",
+                )
+            # Every writer signs with produced_at = now (a retry and a requeue
+            # too), so a verbatim replay is refused once it is this old.
+            if self.max_age is not None and now - run.produced_at > self.max_age:
+                return Verdict(
+                    Refusal.STALE,
+                    f"written at {format_time(run.produced_at)}, longer ago than the "
+                    f"max run age of {self.max_age.total_seconds():g} s",
                 )
         if self.allow is not None and not self.allow.allows(run.command, run.shell):
             what = "shell command" if run.shell else "command"

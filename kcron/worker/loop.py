@@ -79,10 +79,12 @@ class Worker:
         self._settler: Settler | None = None
         self._releaser: Releaser | None = None
         # Read now, so a bad key file or allow-list stops the worker before it connects.
+        max_age = settings.max_run_age_s
         self._guard = Guard(
             settings.topic,
             signing.load_optional(settings.signing_key_file),
             allowlist.load_optional(settings.allow_commands),
+            None if max_age is None else timedelta(seconds=max_age),
         )
 
     @property
@@ -279,7 +281,7 @@ class Loop:
         except DecodeError as exc:
             self._crew.settler.undecodable(record, exc)
             return
-        refusal = self._guard.check(record.value, run)
+        refusal = self._guard.check(record.value, run, self._clock())
         if refusal is not None:
             self._crew.settler.rejected(record, run, refusal)
             return

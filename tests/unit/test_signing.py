@@ -187,10 +187,10 @@ def test_a_missing_key_file_is_a_config_error(tmp_path):
 def test_a_signed_run_for_another_queue_is_refused_by_the_guard(tmp_path):
     key_set = keys(tmp_path)
     raw = encode_run(a_run(queue="jobs.other"), key_set)
-    refusal = Guard("jobs", key_set).check(raw, decode(raw))
+    refusal = Guard("jobs", key_set).check(raw, decode(raw), T0)
     assert refusal is not None and refusal.code == Refusal.WRONG_QUEUE
     ok = encode_run(a_run(queue="jobs"), key_set)
-    assert Guard("jobs", key_set).check(ok, decode(ok)) is None
+    assert Guard("jobs", key_set).check(ok, decode(ok), T0) is None
 
 
 def test_a_retry_with_its_history_signs_and_verifies(tmp_path):
@@ -200,3 +200,15 @@ def test_a_retry_with_its_history_signs_and_verifies(tmp_path):
     raw = encode_run(run, key_set)
     assert key_set.verify_raw(raw) is None
     assert json.loads(raw)["not_before"] == format_time(T0)
+
+
+def test_with_a_max_age_a_replay_older_than_the_window_is_refused(tmp_path):
+    key_set = keys(tmp_path)
+    guard = Guard("jobs", key_set, max_age=timedelta(minutes=10))
+    raw = encode_run(a_run(queue="jobs", produced_at=T0), key_set)
+
+    assert guard.check(raw, decode(raw), T0 + timedelta(minutes=10)) is None
+    refusal = guard.check(raw, decode(raw), T0 + timedelta(minutes=10, seconds=1))
+    assert refusal is not None and refusal.code == Refusal.STALE
+    # Without a bound, the same replay is accepted: it can only repeat this run.
+    assert Guard("jobs", key_set).check(raw, decode(raw), T0 + timedelta(days=30)) is None
