@@ -212,3 +212,12 @@ def test_with_a_max_age_a_replay_older_than_the_window_is_refused(tmp_path):
     assert refusal is not None and refusal.code == Refusal.STALE
     # Without a bound, the same replay is accepted: it can only repeat this run.
     assert Guard("jobs", key_set).check(raw, decode(raw), T0 + timedelta(days=30)) is None
+
+
+def test_a_signed_run_matches_the_published_schema(tmp_path):
+    from tests.unit.test_message import VALIDATOR
+
+    doc = signed_doc(keys(tmp_path))
+    VALIDATOR.validate(doc)
+    doc["sig"]["mac"] = "not hex"
+    assert list(VALIDATOR.iter_errors(doc))
