@@ -31,9 +31,11 @@ class Guard:
             if refusal is not None:
                 return refusal
             if run.queue != self.topic:
+                # Every signing writer names the queue; a signed run without one is
+                # not one of ours, and could be replayed onto any topic.
+                signed_for = "no queue" if run.queue is None else f"queue '{run.queue}'"
                 return Verdict(
-                    Refusal.WRONG_QUEUE,
-                    f"signed for queue '{run.queue}', read from queue '{self.topic}'",
+                    Refusal.WRONG_QUEUE, f"signed for {signed_for}, read from queue '{self.topic}'"
                 )
             # Every writer signs with produced_at = now (a retry and a requeue
             # too), so a verbatim replay is refused once it is this old.
