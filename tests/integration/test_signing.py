@@ -121,3 +121,47 @@ def test_a_command_outside_the_allow_list_is_rejected_and_never_runs(
     assert len(w.messages(f"no signing key: any writer to {topic} or {topic}.retry "
                           "can run commands on this worker")) == 1  # fmt: skip
     assert w.stop() == 0
+
+
+def kcron_dlq(
+    broker: Broker, topic: str, key: Path | None, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = kcron_env(broker.bootstrap, topic)
+    if key is not None:
+        env["KCRON_SIGNING_KEY_FILE"] = str(key)
+    return subprocess.run(
+        [sys.executable, "-m", "kcron", "dlq", *args, "--idle", "1"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_requeue_re_signs_a_dead_run_and_refuses_a_rejected_message(
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+) -> None:
+    key = key_file(tmp_path, "kcron.key", "s" * 64)  # the simple form: one secret
+    keys = load_keys(str(key))
+    ran = tmp_path / "ran.txt"
+    create_topics(broker.bootstrap, topic, 2)
+    w = worker(procs, tmp_path, broker, topic, group, KCRON_SIGNING_KEY_FILE=str(key))
+    failing = replace(a_run(f"sh -c 'echo x >> {ran}; exit 3'", job="fails"), queue=topic)
+    unsigned = a_run(f"sh -c 'echo x >> {ran}'", job="unsigned")
+    produce(broker.bootstrap, topic, [(failing.key, encode_run(failing, keys)),
+                                      (unsigned.key, unsigned.encode())])  # fmt: skip
+    letters = {x.id: x for x in dead_letters(broker.bootstrap, topic, 2)}
+    assert (letters[failing.id].kind, letters[unsigned.id].kind) == ("exhausted", "rejected")
+
+    # A requeue signs the run it sends back: the worker verifies it and runs it again.
+    requeued = kcron_dlq(broker, topic, key, "requeue", failing.id)
+    assert requeued.returncode == 0, requeued.stderr
+    w.wait_for(lambda: len(read_lines(ran)) == 2, 30, "the requeued run")
+    # A rejected message holds no run: requeue cannot turn it into a signed one.
+    refused = kcron_dlq(broker, topic, key, "requeue", unsigned.id)
+    assert refused.returncode == 65 and "nothing to requeue" in refused.stderr
+    # Requeued without the key, the run goes out unsigned and the worker refuses it.
+    assert kcron_dlq(broker, topic, None, "requeue", failing.id).returncode == 0
+    letters_after = dead_letters(broker.bootstrap, topic, 4)
+    assert [x.kind for x in letters_after if x.id == failing.id] == [
+        "exhausted", "exhausted", "rejected"
+    ]  # fmt: skip
+    assert len(read_lines(ran)) == 2
+    assert w.stop() == 0
