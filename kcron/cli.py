@@ -20,6 +20,7 @@ from kcron.errors import ExitCode
 from kcron.log import configure, fields
 from kcron.message import format_time
 from kcron.options import (
+    allow_commands_option,
     build_settings,
     common_options,
     handle_errors,
@@ -374,6 +375,17 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     "--run-as and refuses to start (exit 78).",
 )
 @events_retention_option
+@allow_commands_option
+@setting(
+    "--max-run-age",
+    "max_run_age_s",
+    field="max_run_age_s",
+    env="MAX_RUN_AGE",
+    type=click.FloatRange(1),
+    help="With --signing-key-file, refuse signed runs written longer ago than this many "
+    "seconds: the window in which a replayed message can repeat a run (docs/security.md).",
+    default_text="no bound",
+)
 @metrics_options
 @common_options
 @handle_errors

@@ -21,7 +21,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from kcron import kafka, retry
+from kcron import kafka, retry, signing
 from kcron.errors import BrokerError, DeadLetterNotFound, NothingToRequeue
 from kcron.message import RunMessage
 from kcron.retry import DeadLetter, Source, read_dead_letter
@@ -136,7 +136,9 @@ def _send(settings: Settings, topic: str, fresh: RunMessage) -> None:
         if err is not None:
             errors.append(str(err))
 
-    producer.produce(topic, key=fresh.key, value=fresh.encode(), on_delivery=on_delivery)
+    # Re-signed: a requeue is a new message, written by whoever holds the key.
+    value = signing.encode_run(fresh, signing.load_optional(settings.signing_key_file))
+    producer.produce(topic, key=fresh.key, value=value, on_delivery=on_delivery)
     left = producer.flush(DELIVERY_TIMEOUT_S)
     if left or errors:
         raise BrokerError(

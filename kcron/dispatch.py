@@ -17,7 +17,7 @@ from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from kcron import kafka, misfire
+from kcron import kafka, misfire, signing
 from kcron.errors import BrokerError, FencedError
 from kcron.log import fields
 from kcron.message import RunMessage, format_time, new_run_id
@@ -101,15 +101,23 @@ class TxnProducer(PlainProducer, Protocol):
 class Dispatcher:
     """Writes run messages to Kafka outside any transaction (backfill) and counts failures."""
 
-    def __init__(self, producer: PlainProducer, topic: str, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        producer: PlainProducer,
+        topic: str,
+        metrics: Metrics,
+        keys: signing.KeySet | None = None,
+    ) -> None:
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
+        self._keys = keys  # signs every run when set (docs/security.md)
         self.failed = 0
 
     @classmethod
     def connect(cls, settings: Settings, metrics: Metrics) -> Dispatcher:
-        return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics)
+        keys = signing.load_optional(settings.signing_key_file)
+        return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics, keys)
 
     def send(self, run: Run, now: datetime, trigger: str | None = None) -> RunMessage:
         msg = build_message(run, now, self._topic, trigger)
@@ -131,7 +139,8 @@ class Dispatcher:
                 ),
             )
 
-        kafka.produce_patiently(self._producer, topic, msg.key, msg.encode(), on_delivery)
+        value = signing.encode_run(msg, self._keys)
+        kafka.produce_patiently(self._producer, topic, msg.key, value, on_delivery)
         return msg
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
@@ -184,6 +193,7 @@ class TransactionalDispatcher:
         state_topic: str,
         metrics: Metrics,
         sleep: Callable[[float], None] = time.sleep,
+        keys: signing.KeySet | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
@@ -191,6 +201,7 @@ class TransactionalDispatcher:
         self._state_topic = state_topic
         self._metrics = metrics
         self._sleep = sleep
+        self._keys = keys  # signs every run when set (docs/security.md)
         try:
             # Fences any older producer with the same id and aborts its open transaction.
             producer.init_transactions(TXN_TIMEOUT_S)
@@ -209,7 +220,9 @@ class TransactionalDispatcher:
         config = kafka.transactional_producer_config(
             settings, transactional_id(settings, producer_id)
         )
-        return cls(Producer(config), settings.topic, producer_id, state_topic, metrics, sleep)
+        keys = signing.load_optional(settings.signing_key_file)
+        producer = Producer(config)
+        return cls(producer, settings.topic, producer_id, state_topic, metrics, sleep, keys)
 
     def dispatch(
         self, runs: Sequence[Run], now: datetime, interrupted: Callable[[], bool] = _never
@@ -265,7 +278,8 @@ class TransactionalDispatcher:
         producer.begin_transaction()
         for msg in messages:
             topic = msg.queue or self._topic
-            producer.produce(topic, key=msg.key, value=msg.encode(), on_delivery=on_delivery)
+            value = signing.encode_run(msg, self._keys)
+            producer.produce(topic, key=msg.key, value=value, on_delivery=on_delivery)
         for job_name, when in last.items():
             producer.produce(
                 self._state_topic,

@@ -42,7 +42,7 @@ class Metrics:
         self.dead_letters = Counter(
             "kcron_dead_letters",
             "Runs and messages sent to the dead-letter topic, by kind "
-            "(exhausted, permanent, undecodable).",
+            "(exhausted, permanent, undecodable, rejected).",
             ["job", "kind"],
             registry=r,
         )
@@ -50,6 +50,13 @@ class Metrics:
             "kcron_handoff_failures",
             "Retries and dead letters Kafka did not accept; their runs stay uncommitted.",
             ["topic"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "kcron_runs_rejected",
+            "Messages a worker refused to run (unsigned, bad_signature, unknown_key, "
+            "wrong_queue, not_allowed); each goes to the dead-letter topic.",
+            ["reason", "queue"],
             registry=r,
         )
         self.late = Counter(

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from kcron import allowlist, signing
 from kcron.errors import JobFileError, KcronError
 from kcron.log import configure
 from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
@@ -62,6 +63,28 @@ topic_option = setting(
 )
 
 
+signing_key_option = setting(
+    "--signing-key-file",
+    field="signing_key_file",
+    env="SIGNING_KEY_FILE",
+    type=click.Path(dir_okay=False, path_type=str),
+    help="Sign the runs this command writes and, for a worker, refuse runs not signed with "
+    "a key in this file (mode 600; docs/security.md).",
+    default_text="unsigned",
+)
+
+allow_commands_option = setting(
+    "--allow-commands",
+    field="allow_commands",
+    env="ALLOW_COMMANDS",
+    type=click.Path(dir_okay=False, path_type=str),
+    metavar="FILE",
+    help="Run only commands matching a pattern in FILE: one regex a line, matched against "
+    "the whole command line; shell=true jobs need 'shell:' patterns (docs/security.md).",
+    default_text="any command",
+)
+
+
 def common_options(func: F) -> F:
     """Options every Kafka-facing command shares."""
     decorators = [
@@ -97,6 +120,7 @@ def common_options(func: F) -> F:
             type=click.Choice(LOG_LEVELS, case_sensitive=False),
             help="Minimum level to log.",
         ),
+        signing_key_option,
         setting(
             "--instance",
             field="instance",
@@ -213,6 +237,9 @@ def build_settings(
     if not values.get("instance"):
         values["instance"] = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{command}-{os.getpid()}"
     settings = Settings.from_values(values)
+    # A bad key file or allow-list fails here, before any connection, with exit 78.
+    signing.load_optional(settings.signing_key_file)
+    allowlist.load_optional(settings.allow_commands)
     stream = sys.stderr if log_to_stderr else None
     configure(settings.log_format, settings.log_level, settings.instance, stream=stream)
     return settings

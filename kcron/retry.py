@@ -82,6 +82,7 @@ class DeadKind(enum.StrEnum):
     EXHAUSTED = "exhausted"  # a retryable failure on the last attempt
     PERMANENT = "permanent"  # a failure that retrying cannot fix
     UNDECODABLE = "undecodable"  # not a valid run message at all
+    REJECTED = "rejected"  # refused unrun: not signed by a known key, or not allowed
 
 
 @dataclass(frozen=True)

@@ -100,6 +100,16 @@ class Settings:
     # when the worker creates it; an existing topic keeps its own.
     events_retention_s: float = 7 * 86400.0
 
+    # Commands this worker agrees to run (kcron/allowlist.py); None: any.
+    allow_commands: str | None = None
+
+    # Signed runs (kcron/signing.py, docs/security.md): producers, backfill,
+    # requeue and workers share the key file; None: unsigned, as before.
+    signing_key_file: str | None = None
+    # The replay window: with a key, a worker refuses a signed run written
+    # (produced_at) longer ago than this. None: no bound (docs/security.md).
+    max_run_age_s: float | None = None
+
     # Commands that read a topic to its end (kcron dlq) stop once nothing has
     # arrived for this long: the end is found by reading, not from watermarks.
     read_idle_s: float = 2.0
@@ -145,6 +155,8 @@ class Settings:
             problems.append("events retention must be > 0")
         if not 0 < self.retry_base_s <= self.retry_cap_s:
             problems.append("retry base must be > 0 and at most the retry cap")
+        if self.max_run_age_s is not None and self.max_run_age_s < 1:
+            problems.append("max run age must be at least 1 second")
         if not 0 <= self.dispatch_ahead_s <= 30:
             problems.append("dispatch-ahead must be between 0 and 30 seconds")
         return problems

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
 
+from kcron import allowlist, signing
 from kcron.errors import BrokerError, DecodeError
 from kcron.executor import Credentials
 from kcron.log import fields
@@ -36,6 +37,7 @@ from kcron.message import RunMessage, decode, format_time
 from kcron.metrics import Metrics
 from kcron.retry import retry_topic
 from kcron.settings import Settings
+from kcron.worker.guard import Guard
 from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
@@ -79,6 +81,14 @@ class Worker:
         self._producer_failure: str | None = None
         self._settler: Settler | None = None
         self._releaser: Releaser | None = None
+        # Read now, so a bad key file or allow-list stops the worker before it connects.
+        max_age = settings.max_run_age_s
+        self._guard = Guard(
+            settings.topic,
+            signing.load_optional(settings.signing_key_file),
+            allowlist.load_optional(settings.allow_commands),
+            None if max_age is None else timedelta(seconds=max_age),
+        )
 
     @property
     def executed(self) -> int:
@@ -139,13 +149,20 @@ class Worker:
                 consumer.store_offset(key, position)
 
         hooks = Hooks(parts.owns, lambda: parts.generation, finish, events.put)
-        settler = Settler(settings, producer, hooks, self.metrics, self._clock, self._rng)
+        keys = self._guard.keys
+        settler = Settler(settings, producer, hooks, self.metrics, self._clock, self._rng, keys)
         self._settler = settler
         pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
-        loop = Loop(crew, events, self._clock)
+        loop = Loop(crew, events, self._clock, self._guard)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
         _log_started(settings, settler)
+        if keys is None:
+            log.warning(
+                f"no signing key: any writer to {settings.topic} or {settler.retry_topic} "
+                "can run commands on this worker",
+                extra=fields(topic=settings.topic),
+            )
         return loop, self._releaser, crew
 
     def _killed(self) -> int | None:
@@ -235,8 +252,15 @@ class Loop:
     """One turn per call (after the Worker served the producer): settle what came
     back, start the due runs, flow control, take one record."""
 
-    def __init__(self, crew: Crew, events: queue.SimpleQueue[_Event], clock: Clock) -> None:
+    def __init__(
+        self,
+        crew: Crew,
+        events: queue.SimpleQueue[_Event],
+        clock: Clock,
+        guard: Guard | None = None,
+    ) -> None:
         self._crew = crew
+        self._guard = guard or Guard(crew.settings.topic)
         self._events = events
         self._clock = clock
         self._backoff_hold: timedelta = max_backoff_hold(crew.settings.retry_cap_s)
@@ -262,6 +286,10 @@ class Loop:
             run = decode(record.value)
         except DecodeError as exc:
             self._crew.settler.undecodable(record, exc)
+            return
+        refusal = self._guard.check(record.value, run, self._clock())
+        if refusal is not None:
+            self._crew.settler.rejected(record, run, refusal)
             return
         if run.queue is not None and run.queue != self._crew.settings.topic:
             # A hand-produced or copied message: the topic routed it here, and

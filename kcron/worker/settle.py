@@ -19,10 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from kcron import events, executor, retry
+from kcron import events, executor, retry, signing
 from kcron.errors import DecodeError
 from kcron.log import fields
-from kcron.message import Attempt, format_time
+from kcron.message import Attempt, RunMessage, format_time
 from kcron.metrics import Metrics
 from kcron.settings import Settings
 from kcron.worker.port import PartitionKey, ProducerPort, Record
@@ -118,6 +118,26 @@ def _finish(done: Done, step: str, retry_at: datetime | None, now: datetime) -> 
     )
 
 
+def _log_retry(
+    nxt: RunMessage, decision: retry.Decision, result: executor.ExecResult, queue: str
+) -> None:
+    assert decision.not_before is not None
+    log.warning(
+        "retry scheduled",
+        extra=fields(
+            job=nxt.job,
+            run=nxt.id,
+            queue=queue,
+            attempt=nxt.attempt,
+            max_attempts=nxt.max_attempts,
+            not_before=format_time(decision.not_before),
+            delay_ms=ms(decision.delay_s),
+            outcome=result.outcome.value,
+            exit_code=result.exit_code,
+        ),
+    )
+
+
 class Settler:
     def __init__(
         self,
@@ -127,8 +147,10 @@ class Settler:
         metrics: Metrics,
         clock: Clock,
         rng: random.Random,
+        keys: signing.KeySet | None = None,
     ) -> None:
         self._settings = settings
+        self._keys = keys  # re-signs retries: the next attempt is a new message
         self._producer = producer
         self._hooks = hooks
         self._metrics = metrics
@@ -214,21 +236,8 @@ class Settler:
         assert decision.not_before is not None and result is not None
         nxt = retry.next_attempt(run, attempt, decision.not_before, now)
         self._metrics.retries.labels(run.job).inc()
-        log.warning(
-            "retry scheduled",
-            extra=fields(
-                job=run.job,
-                run=run.id,
-                queue=run.queue or self._settings.topic,
-                attempt=nxt.attempt,
-                max_attempts=nxt.max_attempts,
-                not_before=format_time(decision.not_before),
-                delay_ms=ms(decision.delay_s),
-                outcome=result.outcome.value,
-                exit_code=result.exit_code,
-            ),
-        )
-        self._send(done.job, self.retry_topic, nxt.encode())
+        _log_retry(nxt, decision, result, run.queue or self._settings.topic)
+        self._send(done.job, self.retry_topic, signing.encode_run(nxt, self._keys))
 
     def _dead(self, done: Done, decision: retry.Decision, attempt: Attempt, now: datetime) -> None:
         run, result, key = done.job.run, done.result, done.job.partition
@@ -259,30 +268,57 @@ class Settler:
 
     def undecodable(self, record: Record, exc: DecodeError) -> None:
         """Not a run: dead-letter the raw bytes, commit once the broker has them."""
-        key, offset = record.where, record.offset
         self._metrics.undecodable.inc()
-        self._metrics.dead_letters.labels("", retry.DeadKind.UNDECODABLE.value).inc()
-        place = {"topic": key[0], "partition": key[1], "offset": offset}
+        place = {"topic": record.where[0], "partition": record.where[1], "offset": record.offset}
         log.error(
             "undecodable message skipped",
             extra=fields(**place, reason=exc.reason, excerpt=exc.excerpt()),
         )
-        letter = retry.dead_letter(
-            kind=retry.DeadKind.UNDECODABLE,
-            reason=f"undecodable message: {exc.reason}",
-            dead_at=self._clock(),
-            source=retry.Source(key[0], key[1], offset),
-            raw=exc.raw,
-            key=record.key,
-        )
+        reason = f"undecodable message: {exc.reason}"
         log.error(
             "dead letter",
-            extra=fields(kind=retry.DeadKind.UNDECODABLE.value, reason=letter["reason"], **place),
+            extra=fields(kind=retry.DeadKind.UNDECODABLE.value, reason=reason, **place),
         )
-        value = retry.encode_dead_letter(letter)
-        generation = self._hooks.generation()
-        self._produce((key, offset, generation), self.dlq_topic, "", record.key, value)
-        self._ledger.settled((key, offset, generation), commit=True)
+        self._raw_letter(record, retry.DeadKind.UNDECODABLE, reason, exc.raw, None)
+
+    def rejected(self, record: Record, run: RunMessage, refusal: signing.Verdict) -> None:
+        """A run refused unrun: dead-letter its raw bytes, commit once the broker has them.
+
+        The letter holds no ``run``, so ``kcron dlq requeue`` cannot sign and
+        send back what no key holder wrote; job and metric labels never come
+        from the unverified message, so a flood cannot grow them.
+        """
+        self._metrics.rejected.labels(refusal.code, self._settings.topic).inc()
+        reason = f"rejected ({refusal.code}): {refusal.reason}"
+        log.error(
+            "run rejected, not executed",
+            extra=fields(
+                job=run.job, run=run.id, topic=record.where[0], partition=record.where[1],
+                offset=record.offset, refusal=refusal.code, reason=reason,
+            ),
+        )  # fmt: skip
+        # The job as the message claims it: for the listing only.
+        self._raw_letter(record, retry.DeadKind.REJECTED, reason, record.value, run.job)
+
+    def _raw_letter(
+        self, record: Record, kind: retry.DeadKind, reason: str, raw: bytes | None, job: str | None
+    ) -> None:
+        """Dead-letter a message that is not a run to execute, then commit it."""
+        key, offset = record.where, record.offset
+        self._metrics.dead_letters.labels("", kind.value).inc()
+        letter = retry.dead_letter(
+            kind=kind,
+            reason=reason,
+            dead_at=self._clock(),
+            source=retry.Source(key[0], key[1], offset),
+            raw=raw,
+            key=record.key,
+        )
+        if job is not None:
+            letter["job"] = job
+        slot = (key, offset, self._hooks.generation())
+        self._produce(slot, self.dlq_topic, "", record.key, retry.encode_dead_letter(letter))
+        self._ledger.settled(slot, commit=True)
 
     def _send(self, job: Job, topic: str, value: bytes) -> None:
         slot = (job.partition, job.offset, job.generation)

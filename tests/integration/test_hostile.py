@@ -8,6 +8,8 @@ must still execute, once each.
 from __future__ import annotations
 
 import base64
+import dataclasses
+import itertools
 import json
 import os
 import random
@@ -21,9 +23,11 @@ from typing import Any
 
 import pytest
 
+from kcron import signing
 from kcron.errors import DecodeError
 from kcron.message import MAX_MESSAGE_BYTES, decode
 from kcron.retry import MAX_RAW_KEPT
+from kcron.signing import KeySet
 from tests.conftest import Broker
 from tests.integration.runs import a_run, create_topics, dead_letters, epoch, produce
 from tests.support import Kcron, read_lines, worker
@@ -180,28 +184,79 @@ def hostile(count: int, seed: int = 20261128) -> list[tuple[str, bytes | None, b
     return out
 
 
+def forgeries(
+    count: int, keys: KeySet, topic: str, pwned: Path, seed: int = 20261201
+) -> list[tuple[str, bytes | None, bytes | None]]:
+    """``count`` runs that decode but carry no valid signature: a keyed worker rejects each."""
+    rng = random.Random(seed)
+    other = KeySet({keys.signing_id: b"o" * 64}, keys.signing_id)
+    out = []
+    for i in range(count):
+        run = dataclasses.replace(a_run(f"sh -c 'id >> {pwned}'", job="forged"), queue=topic)
+        doc = json.loads(signing.encode_run(run, keys))
+        variant = i % 5
+        if variant == 0:
+            del doc["sig"]
+        elif variant == 1:
+            doc["sig"] = rng.choice(WRONG_VALUES)
+        elif variant == 2:
+            doc["sig"] = {**doc["sig"], rng.choice(["kid", "mac", "alg"]): rng.choice(WRONG_VALUES)}
+        elif variant == 3:  # a real signature, then one field changed
+            name, changed = rng.choice(
+                [("shell", True), ("timeout_s", None), ("job", "other"), ("attempt", 1),
+                 ("scheduled_for", "2030-01-01T00:00:00.000Z"), ("max_attempts", 2)]
+            )  # fmt: skip
+            doc[name] = changed
+        else:
+            doc = json.loads(signing.encode_run(run, other))
+        value = _dumps(doc)
+        decode(value)  # a valid run: only its signature is wrong
+        if keys.verify_raw(value) is None:
+            continue  # the random change happened to leave it unchanged
+        out.append((f"forged-{variant}", run.key, value))
+    return out
+
+
+@pytest.mark.parametrize("keyed", [False, True], ids=["unsigned", "signed"])
 def test_a_thousand_hostile_messages_are_dead_lettered_and_good_runs_still_run(
-    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
+    broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron], keyed: bool
 ) -> None:
-    ran = tmp_path / "ran.txt"
+    ran, pwned = tmp_path / "ran.txt", tmp_path / "pwned.txt"
     create_topics(broker.bootstrap, topic, 2)
-    payloads = hostile(BAD)
+    env: dict[str, str] = {}
+    keys: KeySet | None = None
+    # With a key, a fifth of the undecodable suite (the same generators) plus
+    # forgeries, to keep the second run of this suite short.
+    payloads = hostile(BAD // 5 if keyed else BAD)
+    forged: list[tuple[str, bytes | None, bytes | None]] = []
+    if keyed:
+        key = tmp_path / "kcron.key"
+        key.write_text("k1:" + "s" * 64)
+        key.chmod(0o600)
+        env["KCRON_SIGNING_KEY_FILE"] = str(key)
+        keys = signing.load_keys(str(key))
+        forged = forgeries(100, keys, topic, pwned)
+        payloads = [p for pair in itertools.zip_longest(payloads, forged) for p in pair if p]
     good = []
     records: list[tuple[bytes | None, bytes | None]] = []
-    for i, (_kind, key, value) in enumerate(payloads):
-        records.append((key, value))
+    for i, (_kind, key_bytes, value) in enumerate(payloads):
+        records.append((key_bytes, value))
         if i % GOOD_EVERY == GOOD_EVERY - 1:
-            run = a_run(f"sh -c 'echo $KCRON_RUN_ID >> {ran}'", job="good")
+            run = dataclasses.replace(
+                a_run(f"sh -c 'echo $KCRON_RUN_ID >> {ran}'", job="good"), queue=topic
+            )
             good.append(run)
-            records.append((run.key, run.encode()))
-    w = worker(procs, tmp_path, broker, topic, group)
+            records.append((run.key, signing.encode_run(run, keys)))
+    w = worker(procs, tmp_path, broker, topic, group, **env)
     started = time.monotonic()
     sent = produce(broker.bootstrap, topic, records)
-    good_keys = {r.key for r in good}
-    bad_sent = [s for s in sent if s.key not in good_keys]
-    assert len(bad_sent) == BAD
+    good_values = {signing.encode_run(r, keys) for r in good}
+    bad_sent = [s for s in sent if s.value not in good_values]
+    forged_values = {value for _, _, value in forged}
+    bad = len(payloads)
+    assert len(bad_sent) == bad
 
-    letters = dead_letters(broker.bootstrap, topic, BAD, timeout=120, idle_s=2)
+    letters = dead_letters(broker.bootstrap, topic, bad, timeout=120, idle_s=2)
     elapsed = time.monotonic() - started
     w.wait_for(lambda: len(read_lines(ran)) >= len(good), 30, "the good runs")
 
@@ -216,21 +271,25 @@ def test_a_thousand_hostile_messages_are_dead_lettered_and_good_runs_still_run(
         rec = letter.record
         src = where[(rec["source"]["partition"], rec["source"]["offset"])]
         value = src.value or b""
-        assert rec["kind"] == "undecodable" and rec["run"] is None
+        kind = "rejected" if value in forged_values else "undecodable"
+        assert rec["kind"] == kind and rec["run"] is None
         assert rec["source"]["topic"] == topic
         assert rec["raw_bytes"] == len(value)
         assert base64.b64decode(rec["raw_b64"]) == value[:MAX_RAW_KEPT]
-        assert rec["reason"].startswith("undecodable message: ")
+        prefix = "rejected (" if kind == "rejected" else "undecodable message: "
+        assert rec["reason"].startswith(prefix)
     ids = read_lines(ran)
     assert sorted(ids) == sorted(r.id for r in good), "each good run exactly once"
     assert w.proc.poll() is None, "the worker must stay up"
     skipped = w.messages("undecodable message skipped")
-    assert len(skipped) == BAD
+    assert len(skipped) == bad - len(forged)
+    assert len(w.messages("run rejected, not executed")) == len(forged)
+    assert not pwned.exists(), "a forged run executed"
     kinds = Counter(kind for kind, _, _ in payloads)
     reasons = Counter(x.record["reason"].split(":")[1].strip()[:24] for x in letters)
     peak = peak_rss_mb(w.proc.pid)
     print(
-        f"\nhostile: {BAD} bad messages ({dict(kinds)}) and {len(good)} good runs; "
+        f"\nhostile: {bad} bad messages ({dict(kinds)}) and {len(good)} good runs; "
         f"{len(letters)} dead letters, 0 missing, 0 duplicated, {len(ids)} good runs executed, "
         f"{elapsed:.1f} s, worker peak RSS {peak:.0f} MB\nreasons: {dict(reasons.most_common(8))}"
     )
