@@ -15,6 +15,10 @@ The optional ``queue`` names the topic the producer sent the run to, so logs
 and dead letters can say where a run belongs. Absent (a message from an older
 producer, or a retry written by an older worker) means "the topic it was read
 from" (docs/message-format.md).
+
+The optional ``overlap`` carries the job's overlap= policy. Absent means
+``allow``; ``forbid`` also makes the job name the Kafka key, so all runs of
+the job share one partition and so one worker (docs/operations.md#overlap).
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 # could grow without end; the newest entries are kept.
 MAX_HISTORY = 100
 _OUTCOME_RE = re.compile(r"[a-z][a-z_]{0,31}")
+OVERLAP_ALLOW = "allow"
+OVERLAP_FORBID = "forbid"
+# A worker refuses a policy it does not know rather than run the job as "allow":
+# a newer producer's stricter policy must not be loosened in silence.
+OVERLAP_POLICIES = (OVERLAP_ALLOW, OVERLAP_FORBID)
 _ATTEMPT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "attempt": int,
     "started_at": str,
@@ -113,10 +122,22 @@ class RunMessage:
     not_before: datetime | None = None  # a retry waits for its backoff until then
     history: tuple[Attempt, ...] = ()  # earlier attempts, oldest first
     queue: str | None = None  # the topic the producer sent it to; None: the one it is read from
+    overlap: str = OVERLAP_ALLOW  # the job's overlap= policy, one of OVERLAP_POLICIES
+
+    @property
+    def forbids_overlap(self) -> bool:
+        return self.overlap == OVERLAP_FORBID
 
     @property
     def key(self) -> bytes:
-        """Kafka key: the run id, so runs spread over partitions by a hash of a fresh UUID."""
+        """Kafka key: the run id, so runs spread over partitions by a hash of a fresh UUID.
+
+        An overlap=forbid job's runs are keyed by its name instead: they all land
+        on one partition (retries on the same one of the retry topic), so one
+        worker sees them all and can tell that one is still running.
+        """
+        if self.forbids_overlap:
+            return self.job.encode("utf-8", "surrogatepass")
         return self.id.encode("ascii")
 
     @property
@@ -147,6 +168,8 @@ class RunMessage:
             data["history"] = [a.to_dict() for a in self.history]
         if self.queue is not None:
             data["queue"] = self.queue
+        if self.overlap != OVERLAP_ALLOW:
+            data["overlap"] = self.overlap
         return data
 
     def encode(self) -> bytes:
@@ -233,6 +256,7 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         not_before=_not_before(data.get("not_before")),
         history=_history(data.get("history")),
         queue=_queue(data.get("queue")),
+        overlap=_overlap(data.get("overlap")),
     )
 
 
@@ -279,6 +303,17 @@ def _queue(value: Any) -> str | None:
         raise ValueError(f"field 'queue' has type {_json_type(value)}")
     if not is_topic_name(value):
         raise ValueError(f"field 'queue': '{value[:40]}' is not a Kafka topic name")
+    return value
+
+
+def _overlap(value: Any) -> str:
+    if value is None:
+        return OVERLAP_ALLOW
+    if not isinstance(value, str):
+        raise ValueError(f"field 'overlap' has type {_json_type(value)}")
+    if value not in OVERLAP_POLICIES:
+        known = " or ".join(OVERLAP_POLICIES)
+        raise ValueError(f"field 'overlap': '{value[:40]}' is not a known policy ({known})")
     return value
 
 

@@ -36,6 +36,7 @@ from kcron.metrics import Metrics
 from kcron.retry import retry_topic
 from kcron.settings import Settings
 from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
+from kcron.worker.overlap import held_for_quiet, running_run, skip
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
 from kcron.worker.release import Crew, Releaser, log_committed
@@ -140,7 +141,7 @@ class Worker:
         self._settler = settler
         pool = self._make_pool(events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
-        loop = Loop(crew, events, self._clock)
+        loop = Loop(crew, events, self._clock, self.metrics)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
         _log_started(settings, settler)
         return loop, self._releaser, crew
@@ -172,7 +173,7 @@ class Worker:
             log_committed(result.offsets)
 
     def on_assign(self, keys: Sequence[PartitionKey]) -> None:
-        self._released().on_assign(keys)
+        self._released().on_assign(keys, self._clock())
 
     def on_revoke(self, keys: Sequence[PartitionKey]) -> None:
         self._released().on_revoke(keys)
@@ -229,10 +230,17 @@ class Loop:
     """One turn per call (after the Worker served the producer): settle what came
     back, start the due runs, flow control, take one record."""
 
-    def __init__(self, crew: Crew, events: queue.SimpleQueue[_Event], clock: Clock) -> None:
+    def __init__(
+        self,
+        crew: Crew,
+        events: queue.SimpleQueue[_Event],
+        clock: Clock,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._crew = crew
         self._events = events
         self._clock = clock
+        self._metrics = metrics or Metrics()
         self._backoff_hold: timedelta = max_backoff_hold(crew.settings.retry_cap_s)
 
     def turn(self) -> None:
@@ -267,15 +275,31 @@ class Loop:
         job = Job(run, key, record.offset, parts.generation)
         now = self._clock()
         when = start_at(run, now, self._backoff_hold)
+        quiet = self._crew.partitions.quiet_until(key) if run.forbids_overlap else None
+        if quiet is not None and quiet > when:
+            held_for_quiet(job, quiet)
+            when = quiet
         if when > now:
             self._crew.hold.push(when, job)
         else:
-            self._crew.pool.submit(job)
+            self._start(job)
 
     def _start_due(self) -> None:
         """Start held runs whose time has come; never sleeps."""
         for job in self._crew.hold.due(self._clock()):
-            self._crew.pool.submit(job)
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        """Hand ``job`` to the pool, or settle it as skipped (overlap=forbid)."""
+        crew = self._crew
+        if job.run.forbids_overlap:
+            running = running_run(job, crew.pool.pending())
+            if running is not None:
+                now = self._clock()
+                done = skip(job, running, now, crew.settings.topic, self._metrics)
+                crew.settler.settle(done)
+                return
+        crew.pool.submit(job)
 
     def _flow_control(self) -> None:
         """Pause a partition with --prefetch runs taken and not finished; resume it
