@@ -295,6 +295,9 @@ class Loop:
         if job.run.forbids_overlap:
             running = running_run(job, crew.pool.pending())
             if running is not None:
+                self.drain()  # it may have just finished, its result still queued
+                running = running_run(job, crew.pool.pending())
+            if running is not None:
                 now = self._clock()
                 done = skip(job, running, now, crew.settings.topic, self._metrics)
                 crew.settler.settle(done)
