@@ -361,3 +361,24 @@ def test_a_partition_handed_back_and_assigned_again_waits_no_more_but_a_lost_one
     parts.forget({P0, (TOPIC, 2)}, lost=True)
     parts.assign([P0], quiet_until=t3)
     assert parts.quiet_until(P0) == t3
+
+
+@pytest.mark.parametrize(("move", "starts_at"), [("revoke", 6), ("lose", 11)])
+def test_after_a_rebalance_only_a_partition_that_may_have_had_another_owner_waits(
+    move: str, starts_at: float
+) -> None:
+    h = Harness({"slow": Plan(seconds=1)}, grace_s=5.0)
+    h.kafka.at(0, lambda: h.kafka.assign([P0]))
+
+    def rebalance() -> None:
+        getattr(h.kafka, move)()
+        h.kafka.assign([P0])  # back to this worker: revoked in order, or lost meanwhile
+        h.kafka.add(P0, forbid_run(0, 6))
+
+    h.kafka.at(6, rebalance)
+    h.kafka.when(lambda: h.kafka.stored.get(P0) == 1, h.signal)
+
+    assert h.run() == 0
+
+    assert h.started_ids() == ["slow-0"]
+    assert starts_at + 1 <= h.time.mono < starts_at + 2
