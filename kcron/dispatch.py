@@ -66,6 +66,7 @@ def build_message(
         timeout_s=job.timeout,
         queue=job.queue_or(default_topic),
         trigger=trigger,
+        overlap=job.overlap,
     )
 
 
@@ -235,14 +236,19 @@ class TransactionalDispatcher:
         messages = [build_message(run, now, self._topic) for run in runs]
         placed: dict[str, tuple[int | None, int | None]] = {}
 
-        def on_delivery(err: KafkaError | None, record: Message) -> None:
+        def reporter(run_id: str) -> DeliveryReport:
+            # One report per run, bound to its id: an overlap=forbid job's runs
+            # share their key (the job name), so the key cannot tell them apart.
             # Only runs ask for a report (state records do not), whatever their queue.
-            if err is None:
-                placed[(record.key() or b"").decode()] = (record.partition(), record.offset())
+            def on_delivery(err: KafkaError | None, record: Message) -> None:
+                if err is None:
+                    placed[run_id] = (record.partition(), record.offset())
+
+            return on_delivery
 
         for attempt in range(1, TXN_ATTEMPTS + 1):
             try:
-                if not self._commit(messages, now, on_delivery, interrupted):
+                if not self._commit(messages, now, reporter, interrupted):
                     return None
                 break
             except KafkaException as exc:
@@ -267,7 +273,7 @@ class TransactionalDispatcher:
         self,
         messages: Sequence[RunMessage],
         now: datetime,
-        on_delivery: DeliveryReport,
+        reporter: Callable[[str], DeliveryReport],
         interrupted: Callable[[], bool],
     ) -> bool:
         """One attempt; False if interrupted before the commit (then aborted)."""
@@ -279,7 +285,7 @@ class TransactionalDispatcher:
         for msg in messages:
             topic = msg.queue or self._topic
             value = signing.encode_run(msg, self._keys)
-            producer.produce(topic, key=msg.key, value=value, on_delivery=on_delivery)
+            producer.produce(topic, key=msg.key, value=value, on_delivery=reporter(msg.id))
         for job_name, when in last.items():
             producer.produce(
                 self._state_topic,

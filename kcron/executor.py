@@ -53,6 +53,8 @@ class Outcome(enum.StrEnum):
     NOT_FOUND = "not_found"
     NOT_EXECUTABLE = "not_executable"
     INVALID = "invalid"  # the command line itself cannot be parsed
+    # Not started: an overlap=forbid job's earlier run still runs (kcron/worker/overlap.py).
+    SKIPPED = "skipped"
 
 
 @dataclass(frozen=True)

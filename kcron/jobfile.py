@@ -43,7 +43,13 @@ MACROS: dict[str, str] = {
     f"@{name}": expr for name, expr in crontab.SPECIALS.items() if name != "reboot"
 }
 FIELD_NAMES = ("minute", "hour", "day of month", "month", "day of week")
-OPTION_KEYS = ("name", "timeout", "attempts", "queue", "shell", "tz")
+OPTION_KEYS = ("name", "timeout", "attempts", "queue", "shell", "tz", "overlap")
+# overlap=: what a run does when it comes due while an earlier run of its job still
+# runs. "allow" starts it anyway; "forbid" skips it (kcron/worker/overlap.py). The
+# run message carries the same names (kcron.message.OVERLAP_POLICIES).
+OVERLAP_ALLOW = "allow"
+OVERLAP_FORBID = "forbid"
+OVERLAP_POLICIES = (OVERLAP_ALLOW, OVERLAP_FORBID)
 
 _OPTION_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_-]*)=(\S*)")
 _TOKEN_RE = re.compile(r"[^ \t]+")
@@ -78,6 +84,7 @@ class Job:
     queue: str | None = None
     shell: bool = False
     tz: str | None = None  # None: the scheduler's default timezone
+    overlap: str = OVERLAP_ALLOW  # one of OVERLAP_POLICIES
 
     @property
     def is_reboot(self) -> bool:
@@ -109,6 +116,8 @@ class Job:
             shown["shell"] = "true"
         if self.tz is not None:
             shown["tz"] = self.tz
+        if self.overlap != OVERLAP_ALLOW:
+            shown["overlap"] = self.overlap
         return shown
 
 
@@ -278,6 +287,7 @@ def _parse_line(raw_line: bytes, filename: str, lineno: int, stem: str) -> Job |
         queue=parsed.get("queue"),  # type: ignore[arg-type]
         shell=bool(parsed.get("shell", False)),
         tz=parsed.get("tz"),  # type: ignore[arg-type]
+        overlap=str(parsed.get("overlap", OVERLAP_ALLOW)),
     )
 
 
@@ -407,6 +417,16 @@ def _parse_tz(text: str) -> str:
     return text
 
 
+def _parse_overlap(text: str) -> str:
+    if text == "replace":
+        # Replacing needs a worker to cancel one running job of its pool by name,
+        # which it cannot do yet; refusing is better than quietly forbidding.
+        raise ValueError("'replace' is not supported; use allow or forbid")
+    if text not in OVERLAP_POLICIES:
+        raise ValueError("must be allow or forbid")
+    return text
+
+
 _OPTION_PARSERS = {
     "name": _parse_name,
     "timeout": parse_duration,
@@ -414,6 +434,7 @@ _OPTION_PARSERS = {
     "queue": _parse_queue,
     "shell": _parse_bool,
     "tz": _parse_tz,
+    "overlap": _parse_overlap,
 }
 
 

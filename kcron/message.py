@@ -18,6 +18,10 @@ from" (docs/message-format.md).
 
 The optional ``trigger`` says what made the run: ``manual`` for ``kcron
 trigger``; absent means its schedule (or a backfill).
+
+The optional ``overlap`` carries the job's overlap= policy. Absent means
+``allow``; ``forbid`` also makes the job name the Kafka key, so all runs of
+the job share one partition and so one worker (docs/operations.md#overlap).
 """
 
 from __future__ import annotations
@@ -57,6 +61,11 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
 # could grow without end; the newest entries are kept.
 MAX_HISTORY = 100
 _OUTCOME_RE = re.compile(r"[a-z][a-z_]{0,31}")
+OVERLAP_ALLOW = "allow"
+OVERLAP_FORBID = "forbid"
+# A worker refuses a policy it does not know rather than run the job as "allow":
+# a newer producer's stricter policy must not be loosened in silence.
+OVERLAP_POLICIES = (OVERLAP_ALLOW, OVERLAP_FORBID)
 _ATTEMPT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "attempt": int,
     "started_at": str,
@@ -117,10 +126,22 @@ class RunMessage:
     history: tuple[Attempt, ...] = ()  # earlier attempts, oldest first
     queue: str | None = None  # the topic the producer sent it to; None: the one it is read from
     trigger: str | None = None  # "manual" for kcron trigger; None: scheduled
+    overlap: str = OVERLAP_ALLOW  # the job's overlap= policy, one of OVERLAP_POLICIES
+
+    @property
+    def forbids_overlap(self) -> bool:
+        return self.overlap == OVERLAP_FORBID
 
     @property
     def key(self) -> bytes:
-        """Kafka key: the run id, so runs spread over partitions by a hash of a fresh UUID."""
+        """Kafka key: the run id, so runs spread over partitions by a hash of a fresh UUID.
+
+        An overlap=forbid job's runs are keyed by its name instead: they all land
+        on one partition (retries on the same one of the retry topic), so one
+        worker sees them all and can tell that one is still running.
+        """
+        if self.forbids_overlap:
+            return self.job.encode("utf-8", "surrogatepass")
         return self.id.encode("ascii")
 
     @property
@@ -153,6 +174,8 @@ class RunMessage:
             data["queue"] = self.queue
         if self.trigger is not None:
             data["trigger"] = self.trigger
+        if self.overlap != OVERLAP_ALLOW:
+            data["overlap"] = self.overlap
         return data
 
     def encode(self) -> bytes:
@@ -240,6 +263,7 @@ def _validated(data: dict[str, Any]) -> RunMessage:
         history=_history(data.get("history")),
         queue=_queue(data.get("queue")),
         trigger=_trigger(data.get("trigger")),
+        overlap=_overlap(data.get("overlap")),
     )
 
 
@@ -296,6 +320,17 @@ def _trigger(value: Any) -> str | None:
         raise ValueError(f"field 'trigger' has type {_json_type(value)}")
     if not _OUTCOME_RE.fullmatch(value):
         raise ValueError(f"field 'trigger': '{value[:40]}' is not a trigger name")
+    return value
+
+
+def _overlap(value: Any) -> str:
+    if value is None:
+        return OVERLAP_ALLOW
+    if not isinstance(value, str):
+        raise ValueError(f"field 'overlap' has type {_json_type(value)}")
+    if value not in OVERLAP_POLICIES:
+        known = " or ".join(OVERLAP_POLICIES)
+        raise ValueError(f"field 'overlap': '{value[:40]}' is not a known policy ({known})")
     return value
 
 

@@ -28,7 +28,10 @@ class Metrics:
             "kcron_delivery_failures", "Runs Kafka did not accept.", ["job"], registry=r
         )
         self.runs = Counter(
-            "kcron_runs", "Runs a worker finished, by outcome.", ["job", "outcome"], registry=r
+            "kcron_runs",
+            "Runs a worker finished, by outcome (skipped: overlap=forbid, not started).",
+            ["job", "outcome"],
+            registry=r,
         )
         self.undecodable = Counter(
             "kcron_undecodable_messages", "Messages skipped as not a valid run.", registry=r

@@ -9,6 +9,9 @@ Which failures retry, and why:
   be parsed) go to the dead-letter topic at once: the same message on the
   same kind of worker fails the same way every time, so retrying only delays
   the alert. So does a message that cannot be decoded.
+- ``skipped`` (an overlap=forbid job's earlier run was still running) is
+  committed like a success: the run was not wanted, and retrying it later
+  would start exactly the overlap the policy forbids.
 - ``cancelled`` (the worker shut down and killed the job after the grace) is
   neither: the run did not get its chance, so its offset stays uncommitted and
   Kafka delivers it again, to this worker after a restart or to another one.
@@ -109,8 +112,8 @@ def decide(
     """
     if result.outcome is Outcome.CANCELLED:
         raise ValueError("a cancelled run is redelivered, not decided")
-    if result.outcome is Outcome.SUCCEEDED:
-        return Decision(Verdict.SUCCEEDED)
+    if result.outcome in (Outcome.SUCCEEDED, Outcome.SKIPPED):
+        return Decision(Verdict.SUCCEEDED)  # commit, nothing more
     what = result.error or result.outcome.value
     if result.outcome in PERMANENT:
         return Decision(

@@ -39,6 +39,7 @@ from kcron.retry import retry_topic
 from kcron.settings import Settings
 from kcron.worker.guard import Guard
 from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
+from kcron.worker.overlap import held_for_quiet, running_run, skip
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
 from kcron.worker.release import Crew, Releaser, log_committed
@@ -154,7 +155,7 @@ class Worker:
         self._settler = settler
         pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
-        loop = Loop(crew, events, self._clock, self._guard)
+        loop = Loop(crew, events, self._clock, self._guard, self.metrics)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
         _log_started(settings, settler)
         if keys is None:
@@ -194,7 +195,7 @@ class Worker:
             log_committed(result.offsets)
 
     def on_assign(self, keys: Sequence[PartitionKey]) -> None:
-        self._released().on_assign(keys)
+        self._released().on_assign(keys, self._clock())
 
     def on_revoke(self, keys: Sequence[PartitionKey]) -> None:
         self._released().on_revoke(keys)
@@ -258,11 +259,13 @@ class Loop:
         events: queue.SimpleQueue[_Event],
         clock: Clock,
         guard: Guard | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._crew = crew
         self._guard = guard or Guard(crew.settings.topic)
         self._events = events
         self._clock = clock
+        self._metrics = metrics or Metrics()
         self._backoff_hold: timedelta = max_backoff_hold(crew.settings.retry_cap_s)
 
     def turn(self) -> None:
@@ -301,15 +304,34 @@ class Loop:
         job = Job(run, key, record.offset, parts.generation)
         now = self._clock()
         when = start_at(run, now, self._backoff_hold)
+        quiet = self._crew.partitions.quiet_until(key) if run.forbids_overlap else None
+        if quiet is not None and quiet > when:
+            held_for_quiet(job, quiet)
+            when = quiet
         if when > now:
             self._crew.hold.push(when, job)
         else:
-            self._crew.pool.submit(job)
+            self._start(job)
 
     def _start_due(self) -> None:
         """Start held runs whose time has come; never sleeps."""
         for job in self._crew.hold.due(self._clock()):
-            self._crew.pool.submit(job)
+            self._start(job)
+
+    def _start(self, job: Job) -> None:
+        """Hand ``job`` to the pool, or settle it as skipped (overlap=forbid)."""
+        crew = self._crew
+        if job.run.forbids_overlap:
+            running = running_run(job, crew.pool.pending())
+            if running is not None:
+                self.drain()  # it may have just finished, its result still queued
+                running = running_run(job, crew.pool.pending())
+            if running is not None:
+                now = self._clock()
+                done = skip(job, running, now, crew.settings.topic, self._metrics)
+                crew.settler.settle(done)
+                return
+        crew.pool.submit(job)
 
     def _flow_control(self) -> None:
         """Pause a partition with --prefetch runs taken and not finished; resume it

@@ -9,6 +9,7 @@ the pause and resume lists this returns to the consumer.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime
 
 from kcron.offsets import OffsetTracker
 from kcron.worker.port import PartitionKey
@@ -25,19 +26,42 @@ class Partitions:
         # even if the same partition came back to it (Kafka redelivers those).
         self.generation = 0
         self._tracker = OffsetTracker()
+        # overlap=forbid (kcron/worker/overlap.py): until when a partition's forbid
+        # runs wait for its previous owner's revoke grace, and the partitions this
+        # worker handed back in order since the last assignment. Kafka's eager
+        # rebalance gives no one a partition between its revoke and the next
+        # assignment, so one handed back and assigned again needs no wait.
+        self._quiet: dict[PartitionKey, datetime] = {}
+        self._handed_back: set[PartitionKey] = set()
 
-    def assign(self, keys: Iterable[PartitionKey]) -> None:
-        """A new assignment; the consumer resumed all of it."""
+    def assign(self, keys: Iterable[PartitionKey], quiet_until: datetime | None = None) -> None:
+        """A new assignment; the consumer resumed all of it.
+
+        Partitions new to this worker are quiet (for overlap=forbid runs) until
+        ``quiet_until``; ones it handed back in the same rebalance keep theirs.
+        """
         self.assigned = set(keys)
         self.generation += 1
         self.paused = set()
+        quiet = {k: t for k, t in self._quiet.items() if k in self.assigned & self._handed_back}
+        if quiet_until is not None:
+            quiet.update((k, quiet_until) for k in self.assigned - self._handed_back)
+        self._quiet, self._handed_back = quiet, set()
 
-    def forget(self, keys: set[PartitionKey]) -> None:
+    def forget(self, keys: set[PartitionKey], *, lost: bool = False) -> None:
         """Revoked or lost: their outcomes are no longer ours to commit."""
         for key in keys:
             self._tracker.forget(key)
+        if lost:  # someone else may hold them before they come back
+            self._handed_back -= keys
+        else:
+            self._handed_back |= keys & self.assigned
         self.assigned -= keys
         self.paused -= keys
+
+    def quiet_until(self, key: PartitionKey) -> datetime | None:
+        """Until when overlap=forbid runs of ``key`` wait; None: no wait."""
+        return self._quiet.get(key)
 
     def owns(self, key: PartitionKey, generation: int) -> bool:
         """Whether a job taken under ``generation`` is still this worker's to settle."""

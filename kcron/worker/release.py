@@ -12,6 +12,7 @@ import logging
 import signal
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from kcron.log import fields
@@ -55,9 +56,12 @@ class Releaser:
         return self._crew.kill_signal() is not None
 
     # -- rebalance ---------------------------------------------------------------
-    def on_assign(self, keys: Sequence[PartitionKey]) -> None:
+    def on_assign(self, keys: Sequence[PartitionKey], now: datetime | None = None) -> None:
         parts = self._crew.partitions
-        parts.assign(keys)
+        # A partition's previous owner gets up to the grace to finish its runs on
+        # revoke: forbid runs here wait as long (kcron/worker/overlap.py).
+        quiet = now + timedelta(seconds=self._crew.settings.grace_s) if now else None
+        parts.assign(keys, quiet_until=quiet)
         log.info("partitions assigned", extra=fields(**parts.split(parts.assigned)))
 
     def on_revoke(self, keys: Sequence[PartitionKey]) -> None:
@@ -77,7 +81,7 @@ class Releaser:
             extra=fields(**self._crew.partitions.split(lost)),
         )
         self._release(lost, wait_s=0)
-        self._crew.partitions.forget(lost)
+        self._crew.partitions.forget(lost, lost=True)
 
     def _release(self, keys: set[PartitionKey], wait_s: float) -> None:
         """Hand back queued runs of ``keys``; give running ones ``wait_s`` to finish."""

@@ -201,7 +201,8 @@ class Settler:
         if result is None or result.outcome is executor.Outcome.CANCELLED:
             self._ledger.settled(slot, commit=False)
             return  # not run to the end: leave the offset for redelivery
-        self.executed += 1
+        if result.outcome is not executor.Outcome.SKIPPED:  # overlap=forbid: never started
+            self.executed += 1
         if not self._hooks.owns(job.partition, job.generation):
             # The partition moved while the run went on (past the grace); its
             # new owner, maybe this worker again, starts from the uncommitted

@@ -173,7 +173,7 @@ def test_cancelled_run_has_no_fate_to_decide():
 def test_every_outcome_has_exactly_one_fate():
     assert retry.PERMANENT.isdisjoint(retry.RETRYABLE)
     others = set(Outcome) - retry.PERMANENT - retry.RETRYABLE
-    assert others == {Outcome.SUCCEEDED, Outcome.CANCELLED}
+    assert others == {Outcome.SUCCEEDED, Outcome.SKIPPED, Outcome.CANCELLED}
 
 
 # -- the next attempt --------------------------------------------------------------------
