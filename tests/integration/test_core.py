@@ -246,6 +246,7 @@ def test_concurrency_runs_jobs_side_by_side_in_one_worker(
     assert (stamps[-1] - stamps[0]).total_seconds() < 1.0
 
 
+@pytest.mark.slow
 def test_a_job_longer_than_max_poll_interval_does_not_leave_the_group(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

@@ -30,6 +30,7 @@ def producer(
     return proc
 
 
+@pytest.mark.slow
 def test_a_standby_producer_takes_over_when_the_active_one_stops(
     broker: Broker, topic: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

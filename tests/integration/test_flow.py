@@ -57,6 +57,7 @@ def test_held_retries_pause_only_their_retry_partition(
     assert took < 10
 
 
+@pytest.mark.slow
 def test_a_partition_paused_before_a_rebalance_is_fetched_after_it(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

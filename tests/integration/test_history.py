@@ -114,6 +114,7 @@ def test_runs_jobs_and_trigger_after_a_backfill(
     assert missing.returncode == 66 and "no job named nope" in missing.stderr
 
 
+@pytest.mark.slow
 def test_a_worker_killed_before_its_events_are_confirmed_commits_nothing(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

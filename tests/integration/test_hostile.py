@@ -308,6 +308,7 @@ def _gone(pid: int, within: float) -> bool:
         os.close(fd)
 
 
+@pytest.mark.slow
 def test_misbehaving_commands_are_contained_and_the_worker_goes_on(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

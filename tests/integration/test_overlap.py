@@ -61,6 +61,7 @@ def overlaps(done: list[tuple[int, int, str]]) -> list[tuple[str, str]]:
     return [(a[2], b[2]) for a, b in itertools.pairwise(done) if b[0] < a[1]]
 
 
+@pytest.mark.slow
 def test_a_forbid_job_slower_than_its_interval_never_overlaps_across_workers(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

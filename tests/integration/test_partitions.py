@@ -82,6 +82,7 @@ def test_two_consumers_share_the_partitions(
             assert consumer.runs == sum(result.runs_by_partition[p] for p in consumer.partitions)
 
 
+@pytest.mark.slow
 def test_a_consumer_stopped_mid_run_loses_no_run(broker: Broker, tmp_path: Path) -> None:
     result = run_case(broker.bootstrap, 2, 2, RUNS, stop_one_after=RUNS // 4, workdir=tmp_path)
     assert_every_run_once(result)  # SIGTERM: the running job finishes and is committed

@@ -131,6 +131,7 @@ def test_a_queues_retries_and_dead_letters_stay_in_it_and_requeue_brings_the_run
     assert [r["job"] for r in default_worker.messages("run started")] == ["fine"]
 
 
+@pytest.mark.slow
 def test_runs_of_a_queue_nobody_serves_wait_and_run_once_a_worker_comes(
     broker: Broker, topic: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

@@ -139,6 +139,7 @@ def test_randomly_failing_job_eventually_succeeds(
     print(f"flaky runs succeeded after {figures} tries (attempts=10, ~50% failure each)")
 
 
+@pytest.mark.slow
 def test_a_stopped_worker_hands_its_waiting_retry_to_the_next_one_and_never_repeats_a_try(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:

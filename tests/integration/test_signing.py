@@ -135,6 +135,7 @@ def kcron_dlq(
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_requeue_re_signs_a_dead_run_and_refuses_a_rejected_message(
     broker: Broker, topic: str, group: str, tmp_path: Path, procs: list[Kcron]
 ) -> None:
