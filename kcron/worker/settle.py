@@ -343,33 +343,25 @@ class Settler:
     def delivered(self, event: Delivered) -> None:
         slot = (event.partition, event.offset, event.generation)
         self._ledger.answered(slot, ok=event.error is None)
-        if event.error is not None and event.topic == self.events_topic:
-            self._metrics.handoff_failures.labels(event.topic).inc()
-            log.error(
-                "run event not delivered; the run stays uncommitted and is delivered again "
-                "after a restart or rebalance",
-                extra=fields(
-                    to=event.topic,
-                    topic=event.partition[0],
-                    partition=event.partition[1],
-                    offset=event.offset,
-                    error=event.error,
-                ),
-            )
-        elif event.error is not None:
-            self._metrics.handoff_failures.labels(event.topic).inc()
+        if event.error is None:
+            return
+        self._metrics.handoff_failures.labels(event.topic).inc()
+        if event.topic == self.events_topic:
+            what = "run event"
+        else:
+            what = "retry or dead letter"
             self._metrics.delivery_failures.labels(event.job).inc()
-            log.error(
-                "retry or dead letter not delivered; the run stays uncommitted and is "
-                "delivered again after a restart or rebalance",
-                extra=fields(
-                    to=event.topic,
-                    topic=event.partition[0],
-                    partition=event.partition[1],
-                    offset=event.offset,
-                    error=event.error,
-                ),
-            )
+        log.error(
+            f"{what} not delivered; the run stays uncommitted and is delivered again "
+            "after a restart or rebalance",
+            extra=fields(
+                to=event.topic,
+                topic=event.partition[0],
+                partition=event.partition[1],
+                offset=event.offset,
+                error=event.error,
+            ),
+        )
 
     def flush(self, timeout_s: float) -> None:
         """Wait for pending retries and dead letters, so their runs can be committed."""
