@@ -12,6 +12,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException
 
 from kcron.dispatch import TransactionalDispatcher
+from kcron.message import RunMessage, decode
 from kcron.metrics import Metrics
 from kcron.producer import SignalHandler, TxnDispatcher
 from kcron.schedule import Run
@@ -242,3 +243,19 @@ def transactional(
         )
 
     return make
+
+
+class PlainRecorder:
+    """A plain producer that records each message with its topic and key."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, RunMessage]] = []
+
+    def produce(self, topic: str, *, key: Any, value: bytes, on_delivery: Any) -> None:
+        self.sent.append((topic, key, decode(value)))
+
+    def poll(self, timeout: float = -1) -> int:
+        return 0
+
+    def flush(self, timeout: float = -1) -> int:
+        return 0

@@ -29,7 +29,13 @@ from kcron.settings import Settings
 from kcron.worker.partitions import Partitions
 from tests.unit.fake_worker_kafka import LABELS, RETRY, TOPIC, Harness, Plan, a_run, label
 from tests.unit.fake_worker_kafka import T0 as WORKER_T0
-from tests.unit.producer_fakes import FakeElector, FakeHost, FakeKafka, FakeTxnProducer
+from tests.unit.producer_fakes import (
+    FakeElector,
+    FakeHost,
+    FakeKafka,
+    FakeTxnProducer,
+    PlainRecorder,
+)
 
 FILE = "jobs.cron"
 T0 = datetime(2028, 1, 1, 10, 0, tzinfo=UTC)
@@ -180,30 +186,16 @@ def test_a_transaction_keys_forbid_runs_by_job_and_logs_where_each_run_landed(
     assert all(r["offset"] is not None for r in dispatched)
 
 
-class KeyRecorder:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, RunMessage]] = []
-
-    def produce(self, topic: str, *, key: Any, value: bytes, on_delivery: Any) -> None:
-        self.sent.append((key, decode(value)))
-
-    def poll(self, timeout: float = -1) -> int:
-        return 0
-
-    def flush(self, timeout: float = -1) -> int:
-        return 0
-
-
 def test_backfill_keys_forbid_runs_by_job() -> None:
-    recorder = KeyRecorder()
+    recorder = PlainRecorder()
     dispatcher = Dispatcher(recorder, "kcron.jobs", Metrics())
     for run in runs_at(T0, T0 + timedelta(minutes=1)):
         dispatcher.send(run, T0)
-    assert [(key, m.overlap) for key, m in recorder.sent if m.job == "slow"] == [
+    assert [(key, m.overlap) for _t, key, m in recorder.sent if m.job == "slow"] == [
         (b"slow", "forbid"),
         (b"slow", "forbid"),
     ]
-    assert all(key == m.id.encode() for key, m in recorder.sent if m.job == "fast")
+    assert all(key == m.id.encode() for _t, key, m in recorder.sent if m.job == "fast")
 
 
 def test_misfire_catch_up_keys_forbid_runs_by_job(tmp_path: Path) -> None:

@@ -29,7 +29,13 @@ from kcron.schedule import Run
 from kcron.settings import Settings
 from kcron.worker.runner import Job, JobRunner
 from tests.unit.fake_worker_kafka import TOPIC, Harness, Plan, a_run
-from tests.unit.producer_fakes import FakeElector, FakeHost, FakeKafka, FakeTxnProducer
+from tests.unit.producer_fakes import (
+    FakeElector,
+    FakeHost,
+    FakeKafka,
+    FakeTxnProducer,
+    PlainRecorder,
+)
 
 FILE = "jobs.cron"
 T0 = datetime(2028, 1, 1, 10, 0, tzinfo=UTC)
@@ -237,28 +243,12 @@ def test_a_transaction_sends_each_run_to_its_queue_and_the_state_to_the_default_
     ]
 
 
-class TopicRecorder:
-    """A plain producer that records where each message went."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, RunMessage]] = []
-
-    def produce(self, topic: str, *, key: Any, value: bytes, on_delivery: Any) -> None:
-        self.sent.append((topic, decode(value)))
-
-    def poll(self, timeout: float = -1) -> int:
-        return 0
-
-    def flush(self, timeout: float = -1) -> int:
-        return 0
-
-
 def test_backfill_sends_each_run_to_its_queue() -> None:
-    recorder = TopicRecorder()
+    recorder = PlainRecorder()
     dispatcher = Dispatcher(recorder, "prod.jobs", Metrics())
     for run in runs_at(T0):
         dispatcher.send(run, T0)
-    assert [(t, m.job, m.queue) for t, m in recorder.sent] == [
+    assert [(t, m.job, m.queue) for t, _k, m in recorder.sent] == [
         ("prod.jobs", "plain", "prod.jobs"),
         ("cluster-a", "gpu", "cluster-a"),
         ("cluster-b", "db", "cluster-b"),
@@ -271,7 +261,7 @@ def test_backfill_creates_every_queue_topic_of_its_runs(monkeypatch: pytest.Monk
     monkeypatch.setattr(
         kafka, "ensure_topic", lambda settings, topic=None, *a, **k: made.append(topic)
     )
-    recorder = TopicRecorder()
+    recorder = PlainRecorder()
     monkeypatch.setattr(
         Dispatcher, "connect", classmethod(lambda cls, s, m: cls(recorder, s.topic, m))
     )
@@ -280,7 +270,7 @@ def test_backfill_creates_every_queue_topic_of_its_runs(monkeypatch: pytest.Monk
     count = dispatch.backfill(Settings(), runs_at(T0) + runs_at(T0.replace(minute=1)))
     assert count == 6
     assert made == [None, "cluster-a", "cluster-b"]  # None: the default topic
-    assert sorted({t for t, _m in recorder.sent}) == ["cluster-a", "cluster-b", "kcron.jobs"]
+    assert sorted({t for t, _k, _m in recorder.sent}) == ["cluster-a", "cluster-b", "kcron.jobs"]
 
 
 class ProducerRig:
