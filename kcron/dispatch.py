@@ -24,6 +24,8 @@ from kcron.message import RunMessage, format_time, new_run_id
 from kcron.metrics import Metrics
 from kcron.schedule import Run
 from kcron.settings import Settings
+from kcron.telemetry import start_tracing
+from kcron.tracing import NO_TRACING, DispatchTrace, Headers, Tracer
 
 log = logging.getLogger("kcron.producer")
 
@@ -80,6 +82,7 @@ class PlainProducer(Protocol):
         key: bytes | None,
         value: bytes,
         on_delivery: Callable[..., None] | None,
+        headers: Headers | None = ...,
     ) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
@@ -108,23 +111,30 @@ class Dispatcher:
         topic: str,
         metrics: Metrics,
         keys: signing.KeySet | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
         self._keys = keys  # signs every run when set (docs/security.md)
+        self._tracer = tracer
         self.failed = 0
 
     @classmethod
     def connect(cls, settings: Settings, metrics: Metrics) -> Dispatcher:
+        """With its own tracer (off unless OTEL_* turned it on): ``close`` ends it."""
         keys = signing.load_optional(settings.signing_key_file)
-        return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics, keys)
+        producer = Producer(kafka.producer_config(settings))
+        tracer = start_tracing(settings.tracing, "kcron-producer")
+        return cls(producer, settings.topic, metrics, keys, tracer)
 
     def send(self, run: Run, now: datetime, trigger: str | None = None) -> RunMessage:
         msg = build_message(run, now, self._topic, trigger)
         topic = msg.queue or self._topic
+        trace = self._tracer.dispatch([msg])
 
         def on_delivery(err: KafkaError | None, _record: Message) -> None:
+            trace.end(None if err is None else str(err))
             if err is None:
                 return
             self.failed += 1
@@ -141,12 +151,17 @@ class Dispatcher:
             )
 
         value = signing.encode_run(msg, self._keys)
-        kafka.produce_patiently(self._producer, topic, msg.key, value, on_delivery)
+        headers = trace.headers(msg.id)
+        kafka.produce_patiently(self._producer, topic, msg.key, value, on_delivery, headers)
         return msg
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
         """Wait for outstanding deliveries; return how many are still undelivered."""
         return int(self._producer.flush(timeout))
+
+    def close(self) -> None:
+        """Export the buffered spans (tracing on); after the last flush."""
+        self._tracer.shutdown()
 
 
 def backfill(
@@ -163,12 +178,15 @@ def backfill(
         kafka.ensure_topic(settings, queue)
     dispatcher = Dispatcher.connect(settings, metrics or Metrics())
     count = 0
-    for run in runs:
-        dispatcher.send(run, clock())
-        count += 1
-        if progress is not None:
-            progress(1)
-    left = dispatcher.flush()
+    try:
+        for run in runs:
+            dispatcher.send(run, clock())
+            count += 1
+            if progress is not None:
+                progress(1)
+        left = dispatcher.flush()
+    finally:
+        dispatcher.close()
     if left or dispatcher.failed:
         raise BrokerError(f"{left + dispatcher.failed} of {count} runs were not delivered")
     return count
@@ -195,9 +213,11 @@ class TransactionalDispatcher:
         metrics: Metrics,
         sleep: Callable[[float], None] = time.sleep,
         keys: signing.KeySet | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._producer = producer
         self._topic = topic
+        self._tracer = tracer
         self._producer_id = producer_id
         self._state_topic = state_topic
         self._metrics = metrics
@@ -223,7 +243,9 @@ class TransactionalDispatcher:
         )
         keys = signing.load_optional(settings.signing_key_file)
         producer = Producer(config)
-        return cls(producer, settings.topic, producer_id, state_topic, metrics, sleep, keys)
+        # Its own tracer (off unless OTEL_* turned it on), one per take-over: close ends it.
+        tracer = start_tracing(settings.tracing, "kcron-producer")
+        return cls(producer, settings.topic, producer_id, state_topic, metrics, sleep, keys, tracer)
 
     def dispatch(
         self, runs: Sequence[Run], now: datetime, interrupted: Callable[[], bool] = _never
@@ -234,6 +256,7 @@ class TransactionalDispatcher:
         to stop at once (a second SIGTERM/SIGINT): nothing is committed then.
         """
         messages = [build_message(run, now, self._topic) for run in runs]
+        trace = self._tracer.dispatch(messages)  # one kcron.dispatch span per run
         placed: dict[str, tuple[int | None, int | None]] = {}
 
         def reporter(run_id: str) -> DeliveryReport:
@@ -248,15 +271,22 @@ class TransactionalDispatcher:
 
         for attempt in range(1, TXN_ATTEMPTS + 1):
             try:
-                if not self._commit(messages, now, reporter, interrupted):
+                if not self._commit(messages, now, reporter, interrupted, trace):
+                    trace.end("interrupted: transaction aborted")
                     return None
                 break
             except KafkaException as exc:
-                self._failed(exc.args[0], attempt, messages)
+                try:
+                    self._failed(exc.args[0], attempt, messages)
+                except (FencedError, BrokerError) as failed:
+                    trace.end(str(failed))
+                    raise
                 if interrupted():
                     self._abort_now()
+                    trace.end("interrupted: transaction aborted")
                     return None
                 self._sleep(min(2.0, 0.1 * 2**attempt))
+        trace.end()
         for msg in messages:
             partition, offset = placed.get(msg.id, (None, None))
             self._metrics.dispatched.labels(msg.job).inc()
@@ -275,6 +305,7 @@ class TransactionalDispatcher:
         now: datetime,
         reporter: Callable[[str], DeliveryReport],
         interrupted: Callable[[], bool],
+        trace: DispatchTrace,
     ) -> bool:
         """One attempt; False if interrupted before the commit (then aborted)."""
         last: dict[str, datetime] = {}
@@ -285,7 +316,13 @@ class TransactionalDispatcher:
         for msg in messages:
             topic = msg.queue or self._topic
             value = signing.encode_run(msg, self._keys)
-            producer.produce(topic, key=msg.key, value=value, on_delivery=reporter(msg.id))
+            headers = trace.headers(msg.id)
+            if headers is None:  # tracing off: the call as it always was
+                producer.produce(topic, key=msg.key, value=value, on_delivery=reporter(msg.id))
+            else:
+                producer.produce(
+                    topic, key=msg.key, value=value, on_delivery=reporter(msg.id), headers=headers
+                )
         for job_name, when in last.items():
             producer.produce(
                 self._state_topic,
@@ -326,6 +363,10 @@ class TransactionalDispatcher:
 
     def close(self, interrupted: Callable[[], bool] = _never) -> None:
         """Wait for outstanding deliveries, in slices: a second signal is not kept waiting."""
-        for _ in range(int(FLUSH_TIMEOUT_S / 0.1)):
-            if self._producer.flush(0.1) == 0 or interrupted():
-                return
+        try:
+            for _ in range(int(FLUSH_TIMEOUT_S / 0.1)):
+                if self._producer.flush(0.1) == 0 or interrupted():
+                    return
+        finally:
+            if not interrupted():  # exporting spans may wait for a collector
+                self._tracer.shutdown()

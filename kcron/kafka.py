@@ -308,7 +308,13 @@ class Producing(Protocol):
     """What produce_patiently needs of a producer (confluent_kafka's, or a fake)."""
 
     def produce(
-        self, topic: str, *, key: bytes | None, value: bytes, on_delivery: Callable[..., None]
+        self,
+        topic: str,
+        *,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: Callable[..., None],
+        headers: list[tuple[str, str | bytes | None]] | None = ...,
     ) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
@@ -320,11 +326,20 @@ def produce_patiently(
     key: bytes | None,
     value: bytes,
     on_delivery: Callable[..., None],
+    headers: list[tuple[str, str | bytes | None]] | None = None,
 ) -> None:
-    """produce(), waiting out a full local queue (broker slow or down): never drop."""
+    """produce(), waiting out a full local queue (broker slow or down): never drop.
+
+    ``headers``: the run's trace context (kcron/tracing.py), None when tracing is off.
+    """
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            if headers is None:  # tracing off: the call as it always was
+                producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
+            else:
+                producer.produce(
+                    topic, key=key, value=value, on_delivery=on_delivery, headers=headers
+                )
         except BufferError:
             producer.poll(0.1)
         else:

@@ -22,8 +22,11 @@ from kcron import allowlist, signing
 from kcron.errors import JobFileError, KcronError
 from kcron.log import configure
 from kcron.settings import LOG_FORMATS, LOG_LEVELS, Settings
+from kcron.tracing import config_from_env
 
 F = TypeVar("F", bound=Callable[..., Any])
+# The commands that write or execute runs, and so may trace them.
+TRACED_COMMANDS = ("produce", "consume", "backfill", "trigger", "dlq-requeue")
 
 
 def option(*names: str, env: str, **kwargs: Any) -> Callable[[F], F]:
@@ -236,6 +239,9 @@ def build_settings(
     values["kafka_options"] = parse_kafka_options(values.get("kafka_options"))
     if not values.get("instance"):
         values["instance"] = os.environ.get("SUPERVISOR_PROCESS_NAME") or f"{command}-{os.getpid()}"
+    if command in TRACED_COMMANDS:
+        # The standard OTEL_* environment, read once here (docs/monitoring.md#tracing).
+        values["tracing"] = config_from_env(os.environ)
     settings = Settings.from_values(values)
     # A bad key file or allow-list fails here, before any connection, with exit 78.
     signing.load_optional(settings.signing_key_file)

@@ -94,8 +94,11 @@ def trigger(settings: Settings, job: Job, clock: dispatch.Clock = dispatch.utc_n
     kafka.ensure_topic(settings, job.queue_or(settings.topic))
     sender = dispatch.Dispatcher.connect(settings, Metrics())
     now = clock().astimezone(UTC)
-    msg = sender.send(Run(now, job), now, trigger="manual")
-    left = sender.flush()
+    try:
+        msg = sender.send(Run(now, job), now, trigger="manual")
+        left = sender.flush()
+    finally:
+        sender.close()
     if left or sender.failed:
         raise BrokerError(f"run {msg.id} of job {job.name} was not delivered")
     return msg

@@ -18,6 +18,7 @@ from typing import Any
 
 from kcron.errors import ConfigError
 from kcron.topics import queue_name_problem
+from kcron.tracing import TracingConfig
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -113,6 +114,10 @@ class Settings:
     # Commands that read a topic to its end (kcron dlq) stop once nothing has
     # arrived for this long: the end is found by reading, not from watermarks.
     read_idle_s: float = 2.0
+
+    # OpenTelemetry tracing (kcron/tracing.py): read by the CLI from the
+    # standard OTEL_* environment, not from a flag; None: off.
+    tracing: TracingConfig | None = None
 
     def __post_init__(self) -> None:
         problems = [*self._choice_problems(), *self._range_problems()]

@@ -20,6 +20,7 @@ from kcron.worker.port import (
     ClientError,
     CommitResult,
     DeliveryCallback,
+    Headers,
     Listener,
     PartitionKey,
     Record,
@@ -86,7 +87,9 @@ class ConfluentConsumer:
         topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
         if topic is None or partition is None or offset is None:
             return None  # only error events lack these, and those returned above
-        return Record(topic, partition, offset, msg.key(), msg.value())
+        headers = msg.headers()  # a list of (name, value), None without headers
+        found = tuple(headers) if isinstance(headers, list) else ()
+        return Record(topic, partition, offset, msg.key(), msg.value(), found)
 
     def pause(self, keys: Sequence[PartitionKey]) -> None:
         self._consumer.pause(_tps(keys))
@@ -121,13 +124,18 @@ class ConfluentProducer:
         self._listener.on_producer_error(str(err), bool(err.fatal()))
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes, on_delivery: DeliveryCallback
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: DeliveryCallback,
+        headers: Headers | None = None,
     ) -> None:
         def report(err: KafkaError | None, _msg: Message) -> None:
             on_delivery(None if err is None else str(err))
 
         try:
-            kafka.produce_patiently(self._producer, topic, key, value, report)
+            kafka.produce_patiently(self._producer, topic, key, value, report, headers)
         except KafkaException as exc:  # refused before sending, e.g. too large
             on_delivery(str(exc.args[0]))
 

@@ -37,6 +37,8 @@ from kcron.message import RunMessage, decode, format_time
 from kcron.metrics import Metrics
 from kcron.retry import retry_topic
 from kcron.settings import Settings
+from kcron.telemetry import start_tracing
+from kcron.tracing import NO_TRACING, Tracer
 from kcron.worker.guard import Guard
 from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
 from kcron.worker.overlap import held_for_quiet, running_run, skip
@@ -66,8 +68,11 @@ class Worker:
         pool: PoolFactory | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         run_as: Credentials | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._settings = settings
+        # Off (no-op hooks, no opentelemetry loaded) unless OTEL_* turned it on.
+        self._tracer = tracer or start_tracing(settings.tracing, "kcron-worker")
         self._run_as = run_as  # whom jobs run as (kcron/runas.py); None: this process's user
         self._clock = clock
         self._rng = rng or random.Random()
@@ -110,6 +115,8 @@ class Worker:
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
+            if self._kill_signal is None:  # exporting may wait for a collector
+                self._tracer.shutdown()  # exports the spans still buffered
 
     def _run(self) -> int:
         loop, releaser, crew = self._start()
@@ -151,11 +158,13 @@ class Worker:
 
         hooks = Hooks(parts.owns, lambda: parts.generation, finish, events.put)
         keys = self._guard.keys
-        settler = Settler(settings, producer, hooks, self.metrics, self._clock, self._rng, keys)
+        settler = Settler(
+            settings, producer, hooks, self.metrics, self._clock, self._rng, keys, self._tracer
+        )
         self._settler = settler
         pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
-        loop = Loop(crew, events, self._clock, self._guard, self.metrics)
+        loop = Loop(crew, events, self._clock, self._guard, self.metrics, self._tracer)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
         _log_started(settings, settler)
         if keys is None:
@@ -260,8 +269,10 @@ class Loop:
         clock: Clock,
         guard: Guard | None = None,
         metrics: Metrics | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._crew = crew
+        self._tracer = tracer
         self._guard = guard or Guard(crew.settings.topic)
         self._events = events
         self._clock = clock
@@ -301,8 +312,9 @@ class Loop:
                 "run belongs to another queue; running it here, where its topic sent it",
                 extra=fields(job=run.job, run=run.id, queue=run.queue, topic=key[0]),
             )
-        job = Job(run, key, record.offset, parts.generation)
         now = self._clock()
+        trace = self._tracer.taken(record.headers, now)
+        job = Job(run, key, record.offset, parts.generation, trace)
         when = start_at(run, now, self._backoff_hold)
         quiet = self._crew.partitions.quiet_until(key) if run.forbids_overlap else None
         if quiet is not None and quiet > when:

@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 PartitionKey = tuple[str, int]
+# Kafka record headers: a consumed record's, a produced one's (confluent_kafka's types).
+RecordHeaders = tuple[tuple[str, str | bytes | None], ...]
+Headers = list[tuple[str, str | bytes | None]]
 # The broker's answer for one produced record: None when it has it, else why not.
 DeliveryCallback = Callable[[str | None], None]
 
@@ -25,6 +28,7 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
+    headers: RecordHeaders = ()  # read for the trace context (kcron/tracing.py)
 
     @property
     def where(self) -> PartitionKey:
@@ -78,7 +82,12 @@ class ConsumerPort(Protocol):
 
 class ProducerPort(Protocol):
     def produce(
-        self, topic: str, key: bytes | None, value: bytes, on_delivery: DeliveryCallback
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: DeliveryCallback,
+        headers: Headers | None = None,
     ) -> None:
         """Queue one record, waiting while the local queue is full (never drops).
 

@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -43,6 +43,8 @@ class Job:
     partition: PartitionKey
     offset: int
     generation: int
+    # A kcron.tracing.RunTrace while tracing is on (its spans' parent); opaque here.
+    trace: object = field(default=None, compare=False)
 
     @property
     def slot(self) -> tuple[PartitionKey, int]:

@@ -25,7 +25,8 @@ from kcron.log import fields
 from kcron.message import Attempt, RunMessage, format_time
 from kcron.metrics import Metrics
 from kcron.settings import Settings
-from kcron.worker.port import PartitionKey, ProducerPort, Record
+from kcron.tracing import NO_TRACING, Tracer
+from kcron.worker.port import Headers, PartitionKey, ProducerPort, Record
 from kcron.worker.runner import Done, Job, Started, ms
 
 log = logging.getLogger("kcron.worker")
@@ -148,8 +149,10 @@ class Settler:
         clock: Clock,
         rng: random.Random,
         keys: signing.KeySet | None = None,
+        tracer: Tracer = NO_TRACING,
     ) -> None:
         self._settings = settings
+        self._tracer = tracer
         self._keys = keys  # re-signs retries: the next attempt is a new message
         self._producer = producer
         self._hooks = hooks
@@ -170,6 +173,7 @@ class Settler:
     def started(self, event: Started) -> None:
         """Write the run's ``started`` event; its offset now waits for it too."""
         job = event.job
+        self._tracer.started(event)
         if not self._hooks.owns(job.partition, job.generation):
             return
         record = events.started(
@@ -197,6 +201,7 @@ class Settler:
 
     def settle(self, done: Done) -> None:
         result, job = done.result, done.job
+        self._tracer.finished(done)
         slot = (job.partition, job.offset, job.generation)
         if result is None or result.outcome is executor.Outcome.CANCELLED:
             self._ledger.settled(slot, commit=False)
@@ -221,6 +226,7 @@ class Settler:
             self._rng,
         )  # fmt: skip
         if decision.verdict is retry.Verdict.SUCCEEDED:
+            self._tracer.settled(done, events.COMMITTED, now)
             self._record(done, events.COMMITTED, now)
         else:
             attempt = retry.attempt_of(job.run, result, done.started_at or finished, finished)
@@ -238,7 +244,8 @@ class Settler:
         nxt = retry.next_attempt(run, attempt, decision.not_before, now)
         self._metrics.retries.labels(run.job).inc()
         _log_retry(nxt, decision, result, run.queue or self._settings.topic)
-        self._send(done.job, self.retry_topic, signing.encode_run(nxt, self._keys))
+        trace = self._tracer.settled(done, events.RETRY, now)  # the next attempt's parent
+        self._send(done.job, self.retry_topic, signing.encode_run(nxt, self._keys), trace)
 
     def _dead(self, done: Done, decision: retry.Decision, attempt: Attempt, now: datetime) -> None:
         run, result, key = done.job.run, done.result, done.job.partition
@@ -265,7 +272,8 @@ class Settler:
                 exit_code=result.exit_code,
             ),
         )
-        self._send(done.job, self.dlq_topic, retry.encode_dead_letter(record))
+        trace = self._tracer.settled(done, events.DEAD_LETTERED, now)
+        self._send(done.job, self.dlq_topic, retry.encode_dead_letter(record), trace)
 
     def undecodable(self, record: Record, exc: DecodeError) -> None:
         """Not a run: dead-letter the raw bytes, commit once the broker has them."""
@@ -321,12 +329,18 @@ class Settler:
         self._produce(slot, self.dlq_topic, "", record.key, retry.encode_dead_letter(letter))
         self._ledger.settled(slot, commit=True)
 
-    def _send(self, job: Job, topic: str, value: bytes) -> None:
+    def _send(self, job: Job, topic: str, value: bytes, headers: Headers | None = None) -> None:
         slot = (job.partition, job.offset, job.generation)
-        self._produce(slot, topic, job.run.job, job.run.key, value)
+        self._produce(slot, topic, job.run.job, job.run.key, value, headers)
 
     def _produce(
-        self, slot: Slot, topic: str, job: str, record_key: bytes | None, value: bytes
+        self,
+        slot: Slot,
+        topic: str,
+        job: str,
+        record_key: bytes | None,
+        value: bytes,
+        headers: Headers | None = None,
     ) -> None:
         """Produce a record the run at ``slot`` waits for; its delivery report
         (through the loop's queue) decides whether to commit."""
@@ -338,7 +352,10 @@ class Settler:
             self._hooks.report(Delivered(key, offset, topic, job, error, generation))
 
         self._ledger.sent(slot)
-        self._producer.produce(topic, record_key, value, on_delivery)
+        if headers is None:  # tracing off: the call as it always was
+            self._producer.produce(topic, record_key, value, on_delivery)
+        else:
+            self._producer.produce(topic, record_key, value, on_delivery, headers)
 
     def delivered(self, event: Delivered) -> None:
         slot = (event.partition, event.offset, event.generation)
