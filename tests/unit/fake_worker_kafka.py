@@ -18,6 +18,7 @@ from typing import Any
 from kcron.executor import ExecResult, Outcome
 from kcron.message import RunMessage
 from kcron.settings import Settings
+from kcron.tracing import Tracer
 from kcron.worker import Worker
 from kcron.worker.port import ClientError, CommitResult, Listener, PartitionKey, Record
 from kcron.worker.runner import Done, Job, Started
@@ -56,6 +57,7 @@ class Produced:
     on_delivery: Callable[[str | None], None]
     error: str | None = None
     delivered: bool = False
+    headers: list[tuple[str, Any]] | None = None  # the trace context, with tracing on
 
 
 class FakeKafka:
@@ -84,9 +86,15 @@ class FakeKafka:
         self.errors: list[ClientError] = []  # returned by the next polls, first
 
     # -- test setup ------------------------------------------------------------
-    def add(self, key: PartitionKey, value: bytes | None, record_key: bytes | None = None) -> int:
+    def add(
+        self,
+        key: PartitionKey,
+        value: bytes | None,
+        record_key: bytes | None = None,
+        headers: Sequence[tuple[str, Any]] | None = None,
+    ) -> int:
         log = self.logs.setdefault(key, [])
-        log.append(Record(key[0], key[1], len(log), record_key, value))
+        log.append(Record(key[0], key[1], len(log), record_key, value, tuple(headers or ())))
         return len(log) - 1
 
     def when(self, condition: Callable[[], bool], action: Callable[[], None]) -> None:
@@ -163,10 +171,15 @@ class FakeKafka:
 
     # -- ProducerPort -----------------------------------------------------------------
     def produce(
-        self, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[[str | None], None]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: Callable[[str | None], None],
+        headers: list[tuple[str, Any]] | None = None,
     ) -> None:
         kept = self.events if topic.endswith(".events") else self.produced
-        kept.append(Produced(topic, key, value, on_delivery))
+        kept.append(Produced(topic, key, value, on_delivery, headers=headers))
 
     def _deliver(self) -> None:
         for record in self.produced + self.events:
@@ -197,9 +210,14 @@ class _ProducerView:
         self._kafka = kafka
 
     def produce(
-        self, topic: str, key: bytes | None, value: bytes, on_delivery: Callable[[str | None], None]
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        on_delivery: Callable[[str | None], None],
+        headers: list[tuple[str, Any]] | None = None,
     ) -> None:
-        self._kafka.produce(topic, key, value, on_delivery)
+        self._kafka.produce(topic, key, value, on_delivery, headers)
 
     def poll(self, timeout_s: float) -> None:
         self._kafka.producer_poll(timeout_s)
@@ -339,7 +357,9 @@ def a_run(job: str = "backup", **changes: Any) -> RunMessage:
 class Harness:
     """A Worker wired to a FakeKafka and a FakePool; ``run()`` until the script stops it."""
 
-    def __init__(self, plans: dict[str, Plan] | None = None, **settings: Any) -> None:
+    def __init__(
+        self, plans: dict[str, Plan] | None = None, tracer: Tracer | None = None, **settings: Any
+    ) -> None:
         self.time = FakeTime()
         self.kafka = FakeKafka(self.time)
         self.plans = plans or {}
@@ -353,6 +373,7 @@ class Harness:
             connector=Connector(self.kafka),
             pool=self._pool,
             monotonic=self.time.monotonic,
+            tracer=tracer,
         )
 
     def _pool(self, sink: Callable[[Done], None]) -> FakePool:

@@ -177,6 +177,7 @@ class FakeTxnProducer:
     def __init__(self) -> None:
         self.calls: list[str] = []
         self.open: list[tuple[str, bytes, bytes]] = []
+        self.headers: list[Any] = []  # each produce's headers (None: none given)
         self.committed: list[list[tuple[str, bytes, bytes]]] = []
         self.aborted = 0
         self.fail_commits: list[KafkaException] = []
@@ -194,9 +195,15 @@ class FakeTxnProducer:
         self.open, self._reports = [], []
 
     def produce(
-        self, topic: str, value: bytes | None = None, key: Any = None, on_delivery: Any = None
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: Any = None,
+        on_delivery: Any = None,
+        headers: Any = None,
     ) -> None:
         self.calls.append(f"produce {topic}")
+        self.headers.append(headers)
         raw_key = key.encode() if isinstance(key, str) else key
         self.open.append((topic, raw_key, value or b""))
         if on_delivery is not None:
