@@ -26,6 +26,7 @@ from kcron.errors import BrokerError, DeadLetterNotFound, NothingToRequeue
 from kcron.message import RunMessage
 from kcron.retry import DeadLetter, Source, read_dead_letter
 from kcron.settings import Settings
+from kcron.telemetry import start_tracing
 
 DEFAULT_IDLE_S = 2.0
 DLQ_SUFFIX = retry.dlq_topic("")
@@ -138,8 +139,18 @@ def _send(settings: Settings, topic: str, fresh: RunMessage) -> None:
 
     # Re-signed: a requeue is a new message, written by whoever holds the key.
     value = signing.encode_run(fresh, signing.load_optional(settings.signing_key_file))
-    producer.produce(topic, key=fresh.key, value=value, on_delivery=on_delivery)
+    tracer = start_tracing(settings.tracing, "kcron-producer")  # a new trace, as a dispatch
+    trace = tracer.dispatch([fresh])
+    headers = trace.headers(fresh.id)
+    if headers is None:  # tracing off: the call as it always was
+        producer.produce(topic, key=fresh.key, value=value, on_delivery=on_delivery)
+    else:
+        producer.produce(
+            topic, key=fresh.key, value=value, on_delivery=on_delivery, headers=headers
+        )
     left = producer.flush(DELIVERY_TIMEOUT_S)
+    trace.end(errors[0] if errors else "no delivery report in time" if left else None)
+    tracer.shutdown()
     if left or errors:
         raise BrokerError(
             f"run {fresh.id} was not requeued to {topic}: "

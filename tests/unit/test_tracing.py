@@ -383,3 +383,16 @@ def test_with_otel_environment_opentelemetry_is_loaded() -> None:
     assert "TracingConfig(exporters=('console',))" in out
     assert "LOADED ['opentelemetry']" in out, out
     assert isinstance(config_from_env({"OTEL_TRACES_EXPORTER": "console"}), TracingConfig)
+
+
+def test_the_off_cost_bench_runs_and_off_stays_far_from_the_sdk(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from bench import tracing_cost
+
+    tracing_cost.main(["--runs", "2000", "--repeat", "3", "--no-sdk"])
+    out = capsys.readouterr().out
+    off = float(out.split("cost when off:")[1].split("ns")[0])
+    # About 0.3 µs on the dev machine; the SDK's spans cost some 70 µs. A hook that
+    # started doing real work when off would cross this bound by far.
+    assert off < 10_000, out
