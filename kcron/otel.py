@@ -11,6 +11,7 @@ so one attempt's hold, execute and settle spans line up with its log lines.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -32,6 +33,10 @@ from kcron.tracing import TRACE_HEADERS, Headers, RecordHeaders, RunTrace, Traci
 from kcron.worker.runner import Done, Job, Started
 
 _PROPAGATOR = TraceContextTextMapPropagator()  # stateless: W3C traceparent/tracestate
+# A stopping process waits this long for its last spans: an unreachable collector
+# (the exporter retries for up to OTEL_EXPORTER_OTLP_TIMEOUT) must not hold back a
+# producer's hand-over or overrun supervisord's stopwaitsecs.
+SHUTDOWN_WAIT_S = 2.0
 
 
 def ns(when: datetime) -> int:
@@ -130,14 +135,21 @@ class OtelTracing:
 
     @classmethod
     def configured(cls, config: TracingConfig, service: str) -> OtelTracing:
-        provider = TracerProvider(resource=_resource(service))  # OTEL_TRACES_SAMPLER applies
+        # OTEL_TRACES_SAMPLER applies. No atexit flush: shutdown() bounds the wait, and
+        # a second signal (stop at once) skips it.
+        provider = TracerProvider(resource=_resource(service), shutdown_on_exit=False)
         for name in config.exporters:
             processor: SpanProcessor = BatchSpanProcessor(_exporter(name))
             provider.add_span_processor(processor)
         return cls(provider)
 
     def shutdown(self) -> None:
-        self._provider.shutdown()  # flushes the batch processors
+        """Export what is buffered, waiting at most SHUTDOWN_WAIT_S (then the spans are lost)."""
+        flushing = threading.Thread(
+            target=self._provider.shutdown, name="otel-shutdown", daemon=True
+        )
+        flushing.start()
+        flushing.join(SHUTDOWN_WAIT_S)
 
     # -- producer ---------------------------------------------------------------
     def dispatch(self, runs: Sequence[RunMessage]) -> _Dispatch:
