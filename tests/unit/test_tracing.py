@@ -396,3 +396,20 @@ def test_the_off_cost_bench_runs_and_off_stays_far_from_the_sdk(
     # About 0.3 µs on the dev machine; the SDK's spans cost some 70 µs. A hook that
     # started doing real work when off would cross this bound by far.
     assert off < 10_000, out
+
+
+def test_a_command_asked_for_an_unsupported_exporter_stops_as_misconfigured(
+    tmp_path: Path,
+) -> None:
+    from click.testing import CliRunner
+
+    from kcron.cli import cli
+
+    jobs = tmp_path / "jobs.cron"
+    jobs.write_text("name=hello * * * * * true\n")
+    env = {"OTEL_TRACES_EXPORTER": "jaeger", "KCRON_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    result = CliRunner().invoke(cli, ["trigger", "hello", "--jobs", str(jobs)], env=env)
+    assert result.exit_code == 78, result.output
+    assert "unsupported exporter jaeger" in result.output
+    # A command that neither writes nor runs runs does not read OTEL_* at all.
+    assert CliRunner().invoke(cli, ["check", str(jobs)], env=env).exit_code == 0
