@@ -320,15 +320,23 @@ def produce_patiently(
     key: bytes | None,
     value: bytes,
     on_delivery: Callable[..., None],
+    *,
+    serve: bool = True,
 ) -> None:
-    """produce(), waiting out a full local queue (broker slow or down): never drop."""
+    """produce(), waiting out a full local queue (broker slow or down): never drop.
+
+    ``serve=False`` leaves delivery reports to the caller's own regular poll:
+    each poll releases and retakes the GIL, which costs a loop thread among
+    busy pool threads about 0.2 ms (the worker polls once per turn anyway).
+    """
     while True:
         try:
             producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
         except BufferError:
             producer.poll(0.1)
         else:
-            producer.poll(0)  # serve delivery reports of earlier messages
+            if serve:
+                producer.poll(0)  # serve delivery reports of earlier messages
             return
 
 

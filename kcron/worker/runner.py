@@ -108,6 +108,10 @@ class Pool(Protocol):
     def pending(self, partitions: Collection[PartitionKey] | None = None) -> list[Job]:
         """Jobs submitted whose Done the loop has not taken yet."""
 
+    def busy(self) -> bool:
+        """Whether any job is submitted and its Done not taken yet (``pending()``
+        without the list: the loop asks at every turn, with up to --prefetch jobs)."""
+
     def taken(self, job: Job) -> None:
         """The loop took ``job``'s Done."""
 
@@ -291,6 +295,9 @@ class ThreadPool:
             for job, _ in self._futures.values()
             if partitions is None or job.partition in partitions
         ]
+
+    def busy(self) -> bool:
+        return bool(self._futures)
 
     def taken(self, job: Job) -> None:
         self._futures.pop(job.slot, None)
