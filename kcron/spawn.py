@@ -27,7 +27,6 @@ Popen would raise (FileNotFoundError, PermissionError...).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import signal
@@ -47,7 +46,9 @@ class _Libc:
     def __init__(self) -> None:
         self.usable = False
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            # The interpreter's own symbols, libc's among them: no find_library,
+            # which would run ldconfig in a subprocess at a worker's first run.
+            libc = ctypes.CDLL(None, use_errno=True)
             self.spawn = libc.posix_spawn
             self.spawnp = libc.posix_spawnp
             self.fa_init = libc.posix_spawn_file_actions_init
