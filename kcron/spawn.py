@@ -20,8 +20,9 @@ does in the child what Popen does there for kcron's executor:
 
 :func:`spawn` returns None when it cannot promise exactly that (no glibc with
 closefrom, a working directory or another user to switch to, a different
-PATH): the caller then uses Popen. Exec errors come back as the OSError
-Popen would raise (FileNotFoundError, PermissionError...).
+PATH, an empty program name, a NUL byte): the caller then uses Popen. Exec
+errors come back as the OSError Popen would raise (FileNotFoundError,
+PermissionError...).
 """
 
 from __future__ import annotations
@@ -109,11 +110,15 @@ def spawn(
     if not lib.usable:
         return None
     env_path = (env if env is not None else os.environ).get("PATH")
-    if "/" not in argv[0] and env_path != os.environ.get("PATH"):
+    if not argv[0] or ("/" not in argv[0] and env_path != os.environ.get("PATH")):
         return None  # posix_spawnp would search the worker's PATH, not the job's
     environ = os.environ if env is None else env
-    envp = _strings([os.fsencode(f"{k}={v}") for k, v in environ.items()])
-    args = _strings([os.fsencode(a) for a in argv])
+    env_bytes = [os.fsencode(f"{k}={v}") for k, v in environ.items()]
+    arg_bytes = [os.fsencode(a) for a in argv]
+    if any(b"\0" in item for item in (*env_bytes, *arg_bytes)):
+        return None  # C strings would cut it short; Popen refuses it (ValueError)
+    envp = _strings(env_bytes)
+    args = _strings(arg_bytes)
     actions = ctypes.create_string_buffer(_OPAQUE)
     attr = ctypes.create_string_buffer(_OPAQUE)
     sigs = ctypes.create_string_buffer(_OPAQUE)

@@ -120,3 +120,10 @@ def test_wait_with_a_timeout_raises_as_popen_does() -> None:
     assert child.wait() == -signal.SIGKILL
     child.stdout.close()
     child.stderr.close()
+
+
+@pytest.mark.parametrize("argv", [[""], ["echo", "a\0b"]])
+def test_what_popen_alone_decides_goes_to_popen(argv: list[str]) -> None:
+    # An empty program name (Popen: permission denied) and a NUL byte (Popen:
+    # ValueError) keep Popen's answers: a C string would cut the argument short.
+    assert spawn.spawn(argv, PATH_ONLY, 1, 2) is None
