@@ -192,7 +192,10 @@ class Child:
                 self.returncode = 0
             return self.returncode
         end = time.monotonic() + timeout
-        delay = 0.0005
+        # Called when the job's output has closed, so it has exited or is about to:
+        # Popen's first sleep of 1 ms held a pool thread (and the slot) that long
+        # for 17 % of the runs of `true`; start at 0.1 ms, then back off as Popen.
+        delay = 0.00005
         while (code := self.poll()) is None:
             left = end - time.monotonic()
             if left <= 0:
