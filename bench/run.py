@@ -3,8 +3,11 @@
 P1 precision and P2 herd fire the same command lines from kcron (1 producer
 + 2 consumers under supervisord, as `make run` starts them, on the embedded
 broker) and from cron, in alternating minutes; P3 backfills runs of `true`
-and compares with the raw spawn rate measured in the same repeat; P4 runs a
-generated 100,000-job file through `kcron check` and `kcron produce`.
+and compares with the machine's spawn limit measured in the same repeat
+(bench/spawnlimit.py); P4 runs a generated 100,000-job file through
+`kcron check` and `kcron produce`. kcron serves metrics, scraped every 5 s,
+as it does by default under supervisord; extra P3 repeats with metrics off,
+interleaved with the others, give what metrics cost.
 
 Results go to bench/results/ (bench/results/quick/ with --quick): results.json,
 summary.md and kcron-vs-cron.png. The quick mode overlaps kcron and cron in
@@ -98,7 +101,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--p3-runs", type=int)
     p.add_argument("--p3-repeats", type=int)
-    p.add_argument("--spawn-seconds", type=float, help="how long the raw spawn loops run")
+    p.add_argument(
+        "--spawn-seconds",
+        type=float,
+        help="how long each way of measuring the spawn limit runs (3 ways)",
+    )
+    p.add_argument(
+        "--p3-metrics-off",
+        type=int,
+        help="P3 repeats with metrics off, interleaved with the others (the overhead)",
+    )
+    p.add_argument(
+        "--metrics",
+        choices=("on", "off"),
+        default="on",
+        help="metrics for P1/P2 and the main P3 repeats (on: as supervisord runs kcron)",
+    )
     p.add_argument("--p4-jobs", type=int)
     p.add_argument("--p4-repeats", type=int)
     p.add_argument("--consumers", type=int, default=2)
@@ -127,7 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "layout": "overlap" if quick else "alternate",
         "p3_runs": 1000 if quick else 20000,
         "p3_repeats": 1 if quick else 3,
-        "spawn_seconds": 3.0 if quick else 10.0,
+        "spawn_seconds": 1.5 if quick else 5.0,
+        "p3_metrics_off": 1 if quick else 2,
         "p4_jobs": 10000 if quick else 100000,
         "p4_repeats": 1 if quick else 3,
         "out": RESULTS / "quick" if quick else RESULTS,
@@ -205,7 +224,9 @@ class Bench:
             self._collect()
         return self.results
 
-    def _kcron(self, workdir: Path, env: Env, jobs: Path, name: str) -> KcronStack:
+    def _kcron(
+        self, workdir: Path, env: Env, jobs: Path, name: str, metrics: bool | None = None
+    ) -> KcronStack:
         """1 producer + N consumers on their own topic and group, started and settled."""
         topic, group = f"kcron.bench.{name}.{self.bench_id}", f"kcron-bench-{name}-{self.bench_id}"
         kstack = KcronStack(
@@ -216,6 +237,7 @@ class Bench:
             group=group,
             consumers=self.args.consumers,
             launcher=self.args.launcher,
+            metrics=self.args.metrics == "on" if metrics is None else metrics,
         )
         try:
             kstack.wait_ready()
@@ -224,28 +246,34 @@ class Bench:
             raise
         return kstack
 
-    def _p3(self, repeat: int) -> None:
+    def _p3(self, repeat: int, metrics: bool | None = None) -> None:
         """One P3 repeat on a fresh broker and kcron: the dev broker slows down as a topic
-        grows (memory storage), and earlier runs must not weigh on this one."""
+        grows (memory storage), and earlier runs must not weigh on this one. A repeat
+        with ``metrics`` given measures the overhead and skips the spawn limit."""
         args = self.args
+        main = metrics is None
+        metrics = args.metrics == "on" if metrics is None else metrics
         workdir = self.workdir / f"p3-r{repeat}"
         workdir.mkdir()
         say(
             f"P3 repeat {repeat}: a fresh broker and kcron "
-            f"(1 producer + {args.consumers} consumers)"
+            f"(1 producer + {args.consumers} consumers, metrics {'on' if metrics else 'off'})"
         )
         broker = Broker(workdir)
         try:
             jobs = workdir / "idle.cron"
             jobs.write_text("# P3 backfills its runs; the producer idles\n")
             env = Env(broker.bootstrap, tuple(args.kcron_env.items()))
-            kstack = self._kcron(workdir, env, jobs, f"p3r{repeat}")
+            kstack = self._kcron(workdir, env, jobs, f"p3r{repeat}", metrics)
             try:
-                self.p3_rows.append(
-                    throughput.run_repeat(kstack, workdir, args.p3_runs, repeat, args.spawn_seconds)
+                row = throughput.run_repeat(
+                    kstack, workdir, args.p3_runs, repeat, args.spawn_seconds if main else None
                 )
             finally:
                 kstack.stop()
+            row["main"] = main
+            row["scrapes"] = kstack.scrapes
+            self.p3_rows.append(row)
         finally:
             broker.stop()
 
@@ -269,12 +297,8 @@ class Bench:
                         Filler("P4 producer", math.inf, partial(self._p4_full, p4_file))
                     )
         if "p3" in args.only:
-            for rep in range(1, args.p3_repeats + 1):
-                self.fillers.append(
-                    Filler(
-                        "P3", 25 + args.spawn_seconds + args.p3_runs / 40, partial(self._p3, rep)
-                    )
-                )
+            estimate = 25 + 3 * args.spawn_seconds + args.p3_runs / 40
+            self.fillers.extend(Filler("P3", estimate, work) for work in self._p3_order())
         if "p4" in args.only and args.quick:
             if last_slot <= 0:  # one measured minute (or none): start the producer right away
                 self._p4_start(p4_file)
@@ -290,6 +314,20 @@ class Bench:
         if not args.quick:  # full mode: nothing runs between measured minutes
             for filler in self.fillers:
                 filler.estimate_s = math.inf
+
+    def _p3_order(self) -> list[Callable[[], None]]:
+        """The main repeats, the opposite-metrics ones in between (on, off, on, off, on)."""
+        args = self.args
+        other = args.metrics != "on"
+        main = [partial(self._p3, rep) for rep in range(1, args.p3_repeats + 1)]
+        extra = [
+            partial(self._p3, args.p3_repeats + n, other) for n in range(1, args.p3_metrics_off + 1)
+        ]
+        order: list[Callable[[], None]] = []
+        while main or extra:
+            order += [main.pop(0)] if main else []
+            order += [extra.pop(0)] if extra else []
+        return order
 
     def _p4_check(self, path: Path) -> None:
         say(f"P4: kcron check on {self.args.p4_jobs:,} jobs")
@@ -334,6 +372,7 @@ class Bench:
             self._measure_minutes(kstack, cron, phases)
         finally:
             kstack.stop()
+            self.results["p12_metrics"] = {"on": kstack.metrics, "scrapes": kstack.scrapes}
 
     def _measure_minutes(
         self, kstack: KcronStack, cron: SystemCron, phases: list[precision.Phase]
@@ -397,14 +436,7 @@ class Bench:
     # -- results ------------------------------------------------------------------------
     def _collect(self) -> None:
         if self.p3_rows:
-            self.results["p3"] = {
-                "runs": self.p3_rows[0]["runs"],
-                "repeats": self.p3_rows,
-                "raw_per_s": spread([r["raw_spawn"]["per_s"] for r in self.p3_rows]),
-                "runs_per_s": spread([r["runs_per_s"] for r in self.p3_rows]),
-                "consumer_runs_per_s": spread([r["consumer_runs_per_s"] for r in self.p3_rows]),
-                "ratio_to_raw": spread([r["ratio_to_raw"] for r in self.p3_rows]),
-            }
+            self.results["p3"] = throughput.summary(self.p3_rows)
         if self.p4_rows or self.p4_checks:
             rows = self.p4_rows
             p4: dict[str, Any] = {
@@ -511,6 +543,8 @@ def main(argv: list[str] | None = None) -> int:
             "p3_runs": args.p3_runs,
             "p3_repeats": args.p3_repeats,
             "spawn_seconds": args.spawn_seconds,
+            "p3_metrics_off": args.p3_metrics_off,
+            "metrics": args.metrics,
             "p4_jobs": args.p4_jobs,
             "p4_repeats": args.p4_repeats,
         },

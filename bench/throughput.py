@@ -1,57 +1,28 @@
 """P3 throughput: backfill N runs of `true` and time the 2 consumers end to end.
 
-The yardstick is measured in the same repeat, right before: one Python loop
-per core doing ``subprocess.run(["true"])`` for a fixed time, i.e. how many
-processes this machine can spawn per second from Python when doing nothing
-else. kcron's figure is N / (last run finished - backfill command started),
-from the workers' own "run succeeded" log lines.
+The yardstick is the machine's spawn limit (bench/spawnlimit.py), measured
+in the same repeat, right before: the best of parallel ``subprocess.run``
+loops, parallel ``os.posix_spawn`` + ``waitpid`` loops and ``xargs -P`` over
+shell loops, one per core. kcron's figure is N / (last run finished -
+backfill command started), from the workers' own "run succeeded" log lines.
+A repeat with metrics off (for the overhead figure) skips the limit.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from bench.common import BIN, REPO, BenchError, load_average, say
+from bench import spawnlimit
+from bench.common import BIN, REPO, BenchError, load_average, median, say, spread
 from bench.stack import KcronStack
 from tools.harness import parse_ts
 
 WINDOW_START = datetime(2026, 1, 1, tzinfo=UTC)
 JOBS = 100  # runs = JOBS x minutes of the backfill window
-
-_SPAWN_LOOP = """
-import subprocess, sys, time
-end = time.monotonic() + float(sys.argv[1])
-n = 0
-while time.monotonic() < end:
-    subprocess.run(["true"])
-    n += 1
-print(n)
-"""
-
-
-def raw_spawn_rate(seconds: float, loops: int | None = None) -> dict[str, Any]:
-    """Spawns per second of ``loops`` concurrent ``subprocess.run(["true"])`` loops."""
-    loops = loops or os.cpu_count() or 1
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _SPAWN_LOOP, str(seconds)], stdout=subprocess.PIPE, text=True
-        )
-        for _ in range(loops)
-    ]
-    counts = [int(p.communicate()[0].strip() or 0) for p in procs]
-    return {
-        "loops": loops,
-        "seconds": seconds,
-        "spawns": sum(counts),
-        "per_s": sum(counts) / seconds,
-        "per_s_per_loop": [c / seconds for c in counts],
-    }
 
 
 def job_file(path: Path, repeat: int) -> list[str]:
@@ -61,10 +32,13 @@ def job_file(path: Path, repeat: int) -> list[str]:
 
 
 def run_repeat(
-    stack: KcronStack, workdir: Path, runs: int, repeat: int, spawn_seconds: float
+    stack: KcronStack, workdir: Path, runs: int, repeat: int, spawn_seconds: float | None
 ) -> dict[str, Any]:
-    say(f"P3 repeat {repeat}: raw spawn rate ({spawn_seconds:g} s, one loop per core)")
-    raw = raw_spawn_rate(spawn_seconds)
+    """One repeat; ``spawn_seconds`` None: no spawn limit measured (metrics-off repeats)."""
+    limit = None
+    if spawn_seconds:
+        say(f"P3 repeat {repeat}: the spawn limit ({spawn_seconds:g} s per method, every core)")
+        limit = spawnlimit.measure(spawn_seconds)
     minutes = max(1, runs // JOBS)
     total = minutes * JOBS
     jobs = workdir / f"p3-r{repeat}.cron"
@@ -119,16 +93,49 @@ def run_repeat(
         "repeat": repeat,
         "runs": total,
         "failed": failed,
-        "raw_spawn": raw,
+        "metrics": stack.metrics,
+        "spawn_limit": limit,
         "backfill_s": backfilled - started,
         "end_to_end_s": elapsed,
         "runs_per_s": rate,
         "consumer_runs_per_s": total / (last - first_start[0]) if first_start else None,
-        "ratio_to_raw": rate / raw["per_s"],
+        "share_of_limit": rate / limit["per_s"] if limit else None,
         "load_average": load_average(),
     }
+    versus = (
+        f" vs the limit {limit['per_s']:.0f}/s ({limit['best']}): "
+        f"{100 * rate / limit['per_s']:.0f} %"
+        if limit
+        else ""
+    )
     say(
-        f"P3 repeat {repeat}: {rate:.0f} runs/s end to end vs raw {raw['per_s']:.0f} spawns/s "
-        f"({100 * rate / raw['per_s']:.0f} %), load {result['load_average']}"
+        f"P3 repeat {repeat} (metrics {'on' if stack.metrics else 'off'}): "
+        f"{rate:.0f} runs/s end to end{versus}, load {result['load_average']}"
     )
     return result
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over the main repeats; the other repeats give what metrics cost."""
+    main = [r for r in rows if r.get("main", True)]
+    limits = [r["spawn_limit"] for r in main if r.get("spawn_limit")]
+    out: dict[str, Any] = {
+        "runs": rows[0]["runs"],
+        "repeats": rows,
+        "spawn_limit_per_s": spread([lim["per_s"] for lim in limits]),
+        "spawn_methods_per_s": {
+            name: spread([lim["methods"][name]["per_s"] for lim in limits])
+            for name in spawnlimit.METHODS
+        },
+        "runs_per_s": spread([r["runs_per_s"] for r in main]),
+        "consumer_runs_per_s": spread([r["consumer_runs_per_s"] for r in main]),
+        "share_of_limit": spread([r["share_of_limit"] for r in main if r["share_of_limit"]]),
+    }
+    on = [r["runs_per_s"] for r in rows if r.get("metrics")]
+    off = [r["runs_per_s"] for r in rows if r.get("metrics") is False]
+    out["metrics_on_runs_per_s"] = spread(on)
+    out["metrics_off_runs_per_s"] = spread(off)
+    if on and off:
+        # What metrics cost: the throughput lost with them on, medians of each set.
+        out["metrics_cost"] = 1 - median(on) / median(off)
+    return out

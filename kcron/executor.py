@@ -12,6 +12,9 @@
   gid and uid before exec (the worker must be root to do so), and starts in
   the user's home directory unless ``cwd`` says otherwise, as cron does.
 - stdin is /dev/null: a job that reads stdin gets EOF instead of hanging.
+- The process is started by kcron/spawn.py (glibc's posix_spawn, the GIL
+  released) whenever that gives exactly what Popen gives, else by Popen
+  (another user, a working directory, a job PATH unlike the worker's).
 - Output is passed on line by line as it arrives, but only ``max_output_bytes``
   of it; the rest is read and counted, never stored, so a job printing
   gigabytes cannot exhaust the worker's memory.
@@ -31,6 +34,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from kcron import spawn
+
 DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 MAX_LINE_BYTES = 8192
 TAIL_BYTES = 4096
@@ -43,6 +48,7 @@ LEFTOVER_POLL_S = 0.2
 _READ_CHUNK = 65536
 
 LineSink = Callable[[str, str], None]  # (stream name, line without newline)
+Process = subprocess.Popen[bytes] | spawn.Child
 
 
 class Outcome(enum.StrEnum):
@@ -220,7 +226,7 @@ def run(
     return _classify(spec, outcome, code, leftover, result)
 
 
-def _spawn(spec: ExecSpec, result: _Clocked) -> subprocess.Popen[bytes] | ExecResult:
+def _spawn(spec: ExecSpec, result: _Clocked) -> Process | ExecResult:
     """The job's process, or the result that says why there is none."""
     try:
         argv = argv_for(spec)
@@ -230,6 +236,10 @@ def _spawn(spec: ExecSpec, result: _Clocked) -> subprocess.Popen[bytes] | ExecRe
         return result(Outcome.INVALID, None, "empty command line")
     creds = spec.credentials
     try:
+        if creds is None and spec.cwd is None:
+            child = _posix_spawn(argv, spec.env)
+            if child is not None:
+                return child
         return subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
@@ -253,8 +263,28 @@ def _spawn(spec: ExecSpec, result: _Clocked) -> subprocess.Popen[bytes] | ExecRe
         return result(Outcome.NOT_EXECUTABLE, 126, f"cannot execute {argv[0]}: {exc.strerror}")
 
 
+def _posix_spawn(argv: list[str], env: Mapping[str, str] | None) -> spawn.Child | None:
+    """The job through posix_spawn, or None where only Popen gives the same process."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pid = spawn.spawn(argv, env, out_w, err_w)
+    except BaseException:
+        for fd in (out_r, err_r):
+            os.close(fd)
+        raise
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    if pid is None:
+        os.close(out_r)
+        os.close(err_r)
+        return None
+    return spawn.Child(pid, argv, out_r, err_r)
+
+
 def _pump(
-    proc: subprocess.Popen[bytes],
+    proc: Process,
     output: _Output,
     deadline: float | None,
     cancel: threading.Event | None,
@@ -310,7 +340,7 @@ def _classify(
 
 
 def _wait(
-    proc: subprocess.Popen[bytes],
+    proc: Process,
     deadline: float | None,
     cancel: threading.Event | None,
     clock: Callable[[], float],
@@ -330,7 +360,7 @@ def _wait(
             continue
 
 
-def _kill_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+def _kill_group(proc: Process, grace_s: float) -> None:
     """SIGTERM the run's process group, then SIGKILL whatever is left after the grace."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)

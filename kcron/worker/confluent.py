@@ -135,7 +135,8 @@ class ConfluentProducer:
             on_delivery(None if err is None else str(err))
 
         try:
-            kafka.produce_patiently(self._producer, topic, key, value, report, headers)
+            # The loop polls the producer at every turn: its reports are served there.
+            kafka.produce_patiently(self._producer, topic, key, value, report, headers, serve=False)
         except KafkaException as exc:  # refused before sending, e.g. too large
             on_delivery(str(exc.args[0]))
 

@@ -362,7 +362,7 @@ class Loop:
     def _poll_timeout(self) -> float:
         """Poll long when idle, briefly while runs finish or hand-offs await their
         delivery report, and wake on time for a held run."""
-        timeout = 0.05 if self._crew.pool.pending() else 0.25
+        timeout = 0.05 if self._crew.pool.busy() else 0.25
         if self._crew.settler.handoffs:
             timeout = min(timeout, 0.02)
         next_at = self._crew.hold.next_at()

@@ -110,6 +110,10 @@ class Pool(Protocol):
     def pending(self, partitions: Collection[PartitionKey] | None = None) -> list[Job]:
         """Jobs submitted whose Done the loop has not taken yet."""
 
+    def busy(self) -> bool:
+        """Whether any job is submitted and its Done not taken yet (``pending()``
+        without the list: the loop asks at every turn, with up to --prefetch jobs)."""
+
     def taken(self, job: Job) -> None:
         """The loop took ``job``'s Done."""
 
@@ -140,6 +144,10 @@ class JobRunner:
         self._clock = clock
         self._run_as = run_as  # None: jobs run as the worker's user
         self._on_start = on_start  # the run-events hook, served on the loop's thread
+        # The worker's environment, read once: copying os.environ decodes every
+        # variable again (~50 us a run, on a pool thread holding the GIL), and
+        # nothing in the worker changes its environment after start.
+        self._environ = dict(os.environ)
 
     def execute(self, job: Job, cancel: threading.Event, on_spawn: Callable[[int], None]) -> Done:
         msg = job.run
@@ -205,7 +213,7 @@ class JobRunner:
             command=msg.command,
             shell=msg.shell,
             timeout_s=msg.timeout_s,
-            env=run_environment(msg, os.environ, self._run_as),
+            env=run_environment(msg, self._environ, self._run_as),
             credentials=self._run_as,
         )
         self._metrics.running.inc()
@@ -293,6 +301,9 @@ class ThreadPool:
             for job, _ in self._futures.values()
             if partitions is None or job.partition in partitions
         ]
+
+    def busy(self) -> bool:
+        return bool(self._futures)
 
     def taken(self, job: Job) -> None:
         self._futures.pop(job.slot, None)

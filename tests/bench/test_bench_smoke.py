@@ -60,14 +60,23 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
             figures = results[phase]["schedulers"][scheduler]
             assert figures["missing"] == 0, (phase, scheduler, figures)
             assert _number(figures["p99"]["median"]), (phase, scheduler, figures)
-    assert _number(results["p3"]["runs_per_s"]["median"])
-    assert _number(results["p3"]["ratio_to_raw"]["median"])
+    p3 = results["p3"]
+    assert _number(p3["runs_per_s"]["median"])
+    assert _number(p3["share_of_limit"]["median"])
+    assert set(p3["spawn_methods_per_s"]) == {"subprocess.run", "posix_spawn", "xargs -P"}
+    assert all(_number(v["median"]) for v in p3["spawn_methods_per_s"].values())
+    # The overhead figure: a repeat with metrics on (served and scraped) and one off.
+    assert {row["metrics"] for row in p3["repeats"]} == {True, False}
+    assert all(row["scrapes"]["scrapes_ok"] for row in p3["repeats"] if row["metrics"])
+    assert _number(p3["metrics_cost"])
     for key in ("check_s", "check_rss_mib", "parse_s", "producer_rss_mib"):
         assert _number(results["p4"][key]["median"]), (key, results["p4"][key])
-    # At toy size the P4 producer's measured minute has intermittently shown no
-    # "run dispatched" line (2 of 3 CI-like runs on 2026-12-01, cause not found
-    # yet): the figure must be there, but may be empty until that is understood.
-    assert "last_delivered_s" in results["p4"]
+    # Every run due at the P4 producer's measured minute was delivered. (It once
+    # read "delivered: 0" now and then: the bench looked at the clock before
+    # reading the log, and at toy size it gets there more than 55 s late.)
+    for row in results["p4"]["producers"]:
+        assert row["delivered"] == row["due"], row
+    assert _number(results["p4"]["last_delivered_s"]["median"])
     assert results["machine"]["cores"] and results["machine"]["python"]
     assert {row["met"] for row in results["targets"]} <= {True, False}
 

@@ -314,6 +314,9 @@ class FakePool:
         jobs = self.queued + [r.job for r in self.running] + self.returned
         return [j for j in jobs if partitions is None or j.partition in partitions]
 
+    def busy(self) -> bool:
+        return bool(self.queued or self.running or self.returned)
+
     def taken(self, job: Job) -> None:
         self.returned.remove(job)
 
