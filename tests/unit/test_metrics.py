@@ -306,12 +306,16 @@ def test_the_metrics_port_is_a_port_or_base_plus_n(
     assert got[0].served_metrics_port == served
 
 
-@pytest.mark.parametrize("bad", ["94o1", "9401+", "70000", "9401+x"])
-def test_a_bad_metrics_port_is_a_clear_usage_error(bad: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "says"),
+    [
+        ("94o1", "'94o1' is not a port number or BASE+N (e.g. 9401+3)"),
+        ("9401+", "'9401+' is not a port number or BASE+N"),
+        ("9401+x", "'9401+x' is not a port number or BASE+N"),
+        ("70000", "'70000' gives port 70000, outside 1-65535"),
+    ],
+)
+def test_a_bad_metrics_port_is_a_clear_usage_error(bad: str, says: str) -> None:
     result = CliRunner().invoke(cli, ["consume", "--metrics-port", bad])
     assert result.exit_code == 2
-    assert (
-        "--metrics-port" in result.stderr
-        and "BASE+N" in result.stderr
-        or ("outside 1-65535" in result.stderr)
-    )
+    assert "--metrics-port" in result.stderr and says in result.stderr
