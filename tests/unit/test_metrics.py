@@ -257,6 +257,9 @@ def test_a_queue_reader_reads_each_queues_own_group() -> None:
     assert QueueReader(groups).read("cluster-a") == (2, 5)
     assert groups.asked == ["kcron", "kcron-cluster-a"]
     assert group_for("cluster-a") == Settings(topic="cluster-a").consumer_group
+    assert (
+        group_for("cluster-a", "mine") == Settings(topic="cluster-a", group="mine").consumer_group
+    )
 
 
 def test_a_question_the_broker_cannot_answer_leaves_its_metric_out_and_warns_once(
