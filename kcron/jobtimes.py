@@ -61,9 +61,12 @@ class JobTimes:
         computation yields there (about 1 ms per schedule; a 100,000-job file
         has about 10,000 schedules)."""
         self._schedules: dict[ScheduleKey, _Schedule] = {}
+        self._keys: dict[str, ScheduleKey] = {}  # job name -> its schedule
         for job in jobs:
-            key = schedule_key(job)
-            if not job.is_reboot and key not in self._schedules:
+            if job.is_reboot:
+                continue
+            key = self._keys[job.name] = schedule_key(job)
+            if key not in self._schedules:
                 self._schedules[key] = _Schedule(job, now, default_tz)
                 if pause is not None:
                     pause(len(self._schedules))
@@ -72,6 +75,10 @@ class JobTimes:
 
     def __len__(self) -> int:
         return len(self._schedules)
+
+    def key(self, job_name: str) -> ScheduleKey | None:
+        """The job's schedule; None for an @reboot job or one not in the file."""
+        return self._keys.get(job_name)
 
     def interval_s(self, key: ScheduleKey) -> float | None:
         schedule = self._schedules.get(key)

@@ -73,14 +73,14 @@ def test_a_dispatched_run_shows_on_the_producer_and_its_outcome_on_the_worker(
         tmp_path / "produce.log",
     )
     procs.append(producer)
-    ran = worker.wait_for(
-        lambda: len(worker.messages("run succeeded")) + len(worker.messages("run failed")) == 2,
-        40, "both @reboot runs",
-    )  # fmt: skip
-    assert ran
-
     mine = f'queue="{topic}"'
-    seen = scrape(worker_port)
+
+    def both_counted() -> dict[str, float] | None:
+        seen = scrape(worker_port)
+        runs = [v for k, v in seen.items() if k.startswith("kcron_runs_total{")]
+        return seen if sum(runs) == 2 else None
+
+    seen = worker.wait_for(both_counted, 40, "both @reboot runs counted")
     assert seen[f'kcron_runs_total{{kcron_job="boot",outcome="succeeded",{mine}}}'] == 1
     assert seen[f'kcron_runs_total{{kcron_job="broken",outcome="failed",{mine}}}'] == 1
     assert seen[f'kcron_runs_total{{kcron_job="broken",outcome="succeeded",{mine}}}'] == 0

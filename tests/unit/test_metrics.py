@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from kcron import jobfile
 from kcron.cli import cli
@@ -322,3 +323,32 @@ def test_a_bad_metrics_port_is_a_clear_usage_error(bad: str, says: str) -> None:
     result = CliRunner().invoke(cli, ["consume", "--metrics-port", bad])
     assert result.exit_code == 2
     assert "--metrics-port" in result.stderr and says in result.stderr
+
+
+def samples(text: str) -> set[tuple[str, tuple[tuple[str, str], ...], float]]:
+    return {
+        (s.name, tuple(sorted(s.labels.items())), s.value)
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_the_served_job_series_are_the_registrys_written_faster(tmp_path: Path) -> None:
+    clock = [NOW.timestamp()]
+    metrics = ProducerMetrics("kcron.jobs", clock=lambda: clock[0])
+    jobs = load(tmp_path, FILE)
+    metrics.load(jobs, "kcron.jobs")
+    metrics.compute_times(jobs, NOW, UTC)
+    metrics.dispatched("minute", "cluster-a", 2)
+    metrics.delivery_failed("gone", "kcron.jobs")  # a job no longer in the file still counts
+
+    served = samples(metrics._jobs.text())
+    everything = samples(scrape(metrics.registry))
+    assert served and served <= everything
+    assert {s for s in everything if s[0].startswith(("kcron_job_", "kcron_runs_dispatched",
+            "kcron_delivery_failures"))} == served  # fmt: skip
+    assert (
+        "kcron_delivery_failures_total",
+        (("kcron_job", "gone"), ("queue", "kcron.jobs")),
+        1.0,
+    ) in served
