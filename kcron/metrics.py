@@ -40,6 +40,8 @@ from kcron.signing import Refusal
 log = logging.getLogger("kcron.metrics")
 
 DEFAULT_QUEUE = "kcron.jobs"
+# A standby producer never takes the role: it computes its jobs' times after this.
+AFTER_WAIT_S = 30.0
 OTHER_JOBS = "_other"  # kcron_job of the names past a worker's metrics_max_jobs
 # Lateness and duration both span milliseconds (a healthy tick) to hours (a
 # backfill, a long job), hence the wide buckets.
@@ -296,21 +298,30 @@ class ProducerMetrics(ProcessMetrics):
             self._jobs.times = times
 
     def compute_times_in_background(
-        self, jobs: Sequence[Job], now: datetime, default_tz: tzinfo
+        self,
+        jobs: Sequence[Job],
+        clock: Callable[[], datetime],
+        default_tz: tzinfo,
+        after: threading.Event | None = None,
     ) -> threading.Thread:
-        """``compute_times`` in a daemon thread that yields the interpreter every few
-        schedules, so neither the start nor a tick waits for it."""
+        """``compute_times`` in a daemon thread, once ``after`` is set (the producer
+        took its role: a take-over is not slowed down) or after AFTER_WAIT_S. It
+        sleeps as long as it works, so a tick never waits long for the interpreter."""
+        last = [time.monotonic()]
 
         def pause(done: int) -> None:
-            if done % 20 == 0:
-                time.sleep(0.005)
+            if done % 10 == 0:
+                worked = time.monotonic() - last[0]
+                time.sleep(worked)
+                last[0] = time.monotonic()
 
-        thread = threading.Thread(
-            target=self.compute_times,
-            args=(jobs, now, default_tz, pause),
-            name="kcron-job-times",
-            daemon=True,
-        )
+        def compute() -> None:
+            if after is not None:
+                after.wait(AFTER_WAIT_S)
+            last[0] = time.monotonic()
+            self.compute_times(jobs, clock(), default_tz, pause)
+
+        thread = threading.Thread(target=compute, name="kcron-job-times", daemon=True)
         thread.start()
         return thread
 

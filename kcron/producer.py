@@ -326,25 +326,27 @@ def load_while_joining(
 class _Observed:
     """The producer's metrics, served with their probe when --metrics-port is set."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, now: Callable[[], datetime]) -> None:
         self._settings = settings
+        self._now = now
         self.metrics = ProducerMetrics(settings.topic)
         self._jobs: tuple[Job, ...] = ()
         self._probe: Probe | None = None
+        self._settled = threading.Event()  # the first role change is done
 
-    def loaded(self, jobs: tuple[Job, ...], now: datetime) -> tuple[Job, ...]:
+    def loaded(self, jobs: tuple[Job, ...]) -> tuple[Job, ...]:
         """Every job at 0; their run times only when served (seconds of work for a
         big file, done in the background)."""
         settings = self._settings
         self._jobs = jobs
         self.metrics.load(jobs, settings.topic)
         if settings.served_metrics_port:
-            self.metrics.compute_times_in_background(jobs, now, settings.tz)
+            self.metrics.compute_times_in_background(jobs, self._now, settings.tz, self._settled)
         return jobs
 
-    def start(self, jobs: tuple[Job, ...], now: datetime) -> None:
+    def start(self, jobs: tuple[Job, ...]) -> None:
         settings = self._settings
-        self.loaded(jobs, now)
+        self.loaded(jobs)
         if settings.served_metrics_port:
             self.metrics.serve(settings.served_metrics_port, settings.metrics_addr)
             self._probe = Probe(settings, self.metrics, self._queues).start()
@@ -353,6 +355,11 @@ class _Observed:
         """The job file's queues (called from the probe's thread)."""
         # The default queue always: backfill and kcron trigger write to it too.
         return {self._settings.topic, *jobfile.queues(self._jobs, self._settings.topic)}
+
+    def role_changed(self, active: bool) -> None:
+        """After a take-over (or standing by): the jobs' times may be computed now."""
+        self.metrics.set_active(active)
+        self._settled.set()
 
     def stop(self) -> None:
         if self._probe is not None:
@@ -387,7 +394,7 @@ class ProducerService:
         self._rebooted = False
         self._watcher: _JobFileWatcher | None = None
         self._queue_topics = _QueueTopics(self._kafka, settings.topic)
-        self._observed = _Observed(settings)
+        self._observed = _Observed(settings, self._host.now)
 
     # Signal handlers only set flags; the loop does the work.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -423,7 +430,7 @@ class ProducerService:
         elector, self._jobs = load_while_joining(self._kafka, self._path, settings.max_queues)
         try:
             self._queue_topics.make(self._jobs)  # @reboot and catch-up runs need them at once
-            self._observed.start(self._jobs, self._host.now())
+            self._observed.start(self._jobs)
         except BaseException:
             elector.close()
             raise
@@ -455,7 +462,6 @@ class ProducerService:
 
     def _role_changed(self, elector: Elector) -> None:
         elector.changed = False
-        self._observed.metrics.set_active(elector.active)
         if elector.active:
             self._drop_role()  # lost and regained during a take-over: start afresh
             # Before the state read: creating it fences any older producer with
@@ -466,6 +472,7 @@ class ProducerService:
         else:
             log.warning("lost the active role; standing by")
             self._drop_role()
+        self._observed.role_changed(elector.active)
 
     def _drop_role(self) -> None:
         if self._dispatcher is not None:
@@ -539,7 +546,7 @@ class ProducerService:
             # Resume from the old cursor: runs already handed out are not repeated,
             # and runs due between the last tick and now are not skipped.
             self._scheduler = Scheduler(new, self._scheduler.cursor, self._settings.tz)
-        self._jobs = self._observed.loaded(new, self._host.now())
+        self._jobs = self._observed.loaded(new)
         log.info(
             "job file reloaded",
             extra=fields(
