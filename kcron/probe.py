@@ -13,13 +13,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]
 
 from kcron import kafka
-from kcron.lag import QueueReader, Watermarks
+from kcron.lag import GroupsPort, QueueReader, Watermarks
 from kcron.log import fields
 from kcron.metrics import ProcessMetrics, ProducerMetrics
 from kcron.settings import Settings
@@ -29,6 +29,10 @@ log = logging.getLogger("kcron.metrics")
 PROBE_TIMEOUT_S = 5.0
 # stop() waits this long for a probe in flight; the thread is a daemon anyway.
 STOP_WAIT_S = 1.0
+
+
+class Admin(GroupsPort, Protocol):
+    def answers(self, topic: str) -> bool: ...
 
 
 class GroupAdmin:
@@ -78,7 +82,7 @@ class Probe:
         settings: Settings,
         metrics: ProcessMetrics,
         queues: Callable[[], Collection[str]] | None = None,
-        admin: GroupAdmin | None = None,
+        admin: Admin | None = None,
     ) -> None:
         self._settings = settings
         self._metrics = metrics
@@ -86,7 +90,7 @@ class Probe:
         self._admin = admin
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kcron-probe", daemon=True)
-        self._reader: QueueReader | None = None
+        self._reader = QueueReader(admin, settings.group) if admin is not None else None
         self._answered: bool | None = None
 
     def start(self) -> Probe:
@@ -99,8 +103,9 @@ class Probe:
 
     def _run(self) -> None:
         try:
-            self._admin = self._admin or GroupAdmin(self._settings)
-            self._reader = QueueReader(self._admin, self._settings.group)
+            if self._admin is None:  # made here: creating a client can take a moment
+                self._admin = GroupAdmin(self._settings)
+                self._reader = QueueReader(self._admin, self._settings.group)
             while not self._stop.is_set():
                 self.once()
                 self._stop.wait(self._settings.broker_probe_interval_s)

@@ -352,3 +352,53 @@ def test_the_served_job_series_are_the_registrys_written_faster(tmp_path: Path) 
         (("kcron_job", "gone"), ("queue", "kcron.jobs")),
         1.0,
     ) in served
+
+
+# -- the probe -----------------------------------------------------------------
+
+
+class FakeAdmin(FakeGroups):
+    def __init__(self) -> None:
+        super().__init__(1, {0: 4, 1: 6})
+        self.up = True
+
+    def answers(self, topic: str) -> bool:
+        return self.up
+
+
+def test_the_probe_sets_broker_up_and_reads_the_queues_only_while_it_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kcron.probe import Probe
+
+    admin = FakeAdmin()
+    metrics = ProducerMetrics("kcron.jobs")
+    probe = Probe(Settings(), metrics, lambda: ["kcron.jobs", "cluster-a"], admin)
+    sample = metrics.registry.get_sample_value
+    with caplog.at_level(logging.INFO, logger="kcron.metrics"):
+        probe.once()
+        assert sample("kcron_broker_up") == 1
+        seen = sample("kcron_broker_last_seen_timestamp_seconds")
+        assert seen is not None and seen > 0
+        assert sample("kcron_queue_consumers", {"queue": "cluster-a"}) == 1
+        assert sample("kcron_queue_lag_messages", {"queue": "cluster-a"}) == 0
+        assert admin.asked == ["kcron-cluster-a", "kcron"]
+
+        admin.up = False
+        probe.once()
+        assert sample("kcron_broker_up") == 0
+        assert sample("kcron_broker_last_seen_timestamp_seconds") == seen
+        assert admin.asked == ["kcron-cluster-a", "kcron"], "no group questions while down"
+    assert [r.getMessage() for r in caplog.records] == [
+        "broker answers the probe",
+        "broker did not answer the probe",
+    ]
+
+
+def test_the_probe_thread_stops_on_shutdown() -> None:
+    from kcron.probe import Probe
+
+    probe = Probe(Settings(broker_probe_interval_s=60), WorkerMetrics(), None, FakeAdmin())
+    probe.start()
+    probe.stop()
+    assert not probe._thread.is_alive()
