@@ -226,6 +226,10 @@ class _Quiet(WSGIRequestHandler):
         """Scrapes are not logged."""
 
 
+class _Superseded(Exception):
+    pass
+
+
 class ProducerMetrics(ProcessMetrics):
     """The scheduler's: its role, what it dispatched, its jobs' times, its queues' groups."""
 
@@ -308,8 +312,11 @@ class ProducerMetrics(ProcessMetrics):
         took its role: a take-over is not slowed down) or after AFTER_WAIT_S. It
         sleeps as long as it works, so a tick never waits long for the interpreter."""
         last = [time.monotonic()]
+        generation = self._generation
 
         def pause(done: int) -> None:
+            if self._generation != generation:
+                raise _Superseded  # reloaded meanwhile: that load's thread computes
             if done % 10 == 0:
                 worked = time.monotonic() - last[0]
                 time.sleep(worked)
@@ -319,7 +326,8 @@ class ProducerMetrics(ProcessMetrics):
             if after is not None:
                 after.wait(AFTER_WAIT_S)
             last[0] = time.monotonic()
-            self.compute_times(jobs, clock(), default_tz, pause)
+            with contextlib.suppress(_Superseded):
+                self.compute_times(jobs, clock(), default_tz, pause)
 
         thread = threading.Thread(target=compute, name="kcron-job-times", daemon=True)
         thread.start()

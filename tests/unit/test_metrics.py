@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -402,3 +403,19 @@ def test_the_probe_thread_stops_on_shutdown() -> None:
     probe.start()
     probe.stop()
     assert not probe._thread.is_alive()
+
+
+def test_a_reload_supersedes_a_computation_still_running(tmp_path: Path) -> None:
+    jobs = load(tmp_path, FILE)
+    metrics = ProducerMetrics("kcron.jobs", clock=lambda: NOW.timestamp())
+    metrics.load(jobs, "kcron.jobs")
+    hold = threading.Event()
+    first = metrics.compute_times_in_background(jobs, lambda: NOW, UTC, hold)
+    metrics.load(jobs, "kcron.jobs")  # reloaded before the first computation began
+    second = metrics.compute_times_in_background(jobs, lambda: NOW, UTC, hold)
+    hold.set()
+    first.join(5)
+    second.join(5)
+    assert not first.is_alive() and not second.is_alive()
+    minute = {"kcron_job": "minute", "queue": "cluster-a"}
+    assert metrics.registry.get_sample_value("kcron_job_interval_seconds", minute) == 60
