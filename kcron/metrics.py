@@ -466,3 +466,9 @@ class WorkerMetrics(ProcessMetrics):
 
     def delivery_failed(self, job: str) -> None:
         self.delivery_failures.labels(self.job(job), self.queue).inc()
+
+
+# The old name, for the dispatchers' callers written before the split (the tracing
+# tests on main build TransactionalDispatcher(..., Metrics(), ...)); new code names
+# ProducerMetrics or WorkerMetrics.
+Metrics = ProducerMetrics
