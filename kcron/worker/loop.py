@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from kcron import allowlist, signing
 from kcron.errors import BrokerError, DecodeError
-from kcron.executor import Credentials
+from kcron.executor import Credentials, Outcome
 from kcron.log import fields
 from kcron.message import RunMessage, decode, format_time
 from kcron.metrics import WorkerMetrics
@@ -44,7 +44,7 @@ from kcron.worker.overlap import held_for_quiet, running_run, skip
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
 from kcron.worker.release import Crew, Releaser, log_committed
-from kcron.worker.runner import Done, Job, JobRunner, Pool, Started, ThreadPool
+from kcron.worker.runner import LATE_AFTER, Done, Job, JobRunner, Pool, Started, ThreadPool
 from kcron.worker.settle import Delivered, Hooks, Settler
 
 if TYPE_CHECKING:
@@ -240,6 +240,21 @@ def _log_started(settings: Settings, settler: Settler) -> None:
     )
 
 
+def _count_start(metrics: WorkerMetrics, event: Started) -> None:
+    lateness = event.lateness_ms / 1000
+    metrics.started(event.job.run.job, lateness, lateness >= LATE_AFTER.total_seconds())
+
+
+def _count_end(metrics: WorkerMetrics, done: Done) -> None:
+    """A run that ended, counted here on the loop's thread, where the fake Kafka of
+    the unit tests sees it too (skipped runs: overlap.skip; never started: not at all)."""
+    result = done.result
+    if result is None or result.outcome is Outcome.SKIPPED:
+        return
+    ended = done.finished_at.timestamp() if result.ok and done.finished_at else None
+    metrics.finished(done.job.run.job, result.outcome.value, result.duration_s, ended)
+
+
 def start_at(run: RunMessage, now: datetime, backoff_hold: timedelta) -> datetime:
     """When to start ``run``: its schedule, or its backoff if later, within bounds.
 
@@ -388,8 +403,10 @@ class Loop:
                 crew.settler.delivered(event)
                 continue
             if isinstance(event, Started):
+                _count_start(self._metrics, event)
                 crew.settler.started(event)
                 continue
             crew.pool.taken(event.job)
+            _count_end(self._metrics, event)
             if crew.kill_signal() is None:  # killed runs are never committed
                 crew.settler.settle(event)

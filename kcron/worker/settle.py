@@ -26,7 +26,7 @@ from kcron.message import Attempt, RunMessage, format_time
 from kcron.metrics import WorkerMetrics
 from kcron.settings import Settings
 from kcron.worker.port import PartitionKey, ProducerPort, Record
-from kcron.worker.runner import LATE_AFTER, Done, Job, Started, ms
+from kcron.worker.runner import Done, Job, Started, ms
 
 log = logging.getLogger("kcron.worker")
 
@@ -170,8 +170,6 @@ class Settler:
     def started(self, event: Started) -> None:
         """Write the run's ``started`` event; its offset now waits for it too."""
         job = event.job
-        lateness = event.lateness_ms / 1000
-        self._metrics.started(job.run.job, lateness, lateness >= LATE_AFTER.total_seconds())
         if not self._hooks.owns(job.partition, job.generation):
             return
         record = events.started(
@@ -200,10 +198,6 @@ class Settler:
     def settle(self, done: Done) -> None:
         result, job = done.result, done.job
         slot = (job.partition, job.offset, job.generation)
-        if result is not None and result.outcome is not executor.Outcome.SKIPPED:
-            # Counted here, on the loop's thread (skipped runs by overlap.skip).
-            ended = done.finished_at.timestamp() if result.ok and done.finished_at else None
-            self._metrics.finished(job.run.job, result.outcome.value, result.duration_s, ended)
         if result is None or result.outcome is executor.Outcome.CANCELLED:
             self._ledger.settled(slot, commit=False)
             return  # not run to the end: leave the offset for redelivery
