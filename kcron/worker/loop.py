@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from kcron import allowlist, signing
 from kcron.errors import BrokerError, DecodeError
-from kcron.executor import Credentials
+from kcron.executor import Credentials, Outcome
 from kcron.log import fields
 from kcron.message import RunMessage, decode, format_time
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.retry import retry_topic
 from kcron.settings import Settings
 from kcron.telemetry import start_tracing
@@ -45,8 +46,11 @@ from kcron.worker.overlap import held_for_quiet, running_run, skip
 from kcron.worker.partitions import Partitions
 from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey, Record
 from kcron.worker.release import Crew, Releaser, log_committed
-from kcron.worker.runner import Done, Job, JobRunner, Pool, Started, ThreadPool
+from kcron.worker.runner import LATE_AFTER, Done, Job, JobRunner, Pool, Started, ThreadPool
 from kcron.worker.settle import Delivered, Hooks, Settler
+
+if TYPE_CHECKING:
+    from kcron.probe import Probe
 
 log = logging.getLogger("kcron.worker")
 
@@ -82,11 +86,12 @@ class Worker:
         # Set by the signal handler, read by the loop: plain attributes, no locks.
         self._stop_signal: int | None = None  # first SIGTERM/SIGINT: graceful stop
         self._kill_signal: int | None = None  # a second one: stop at once
-        self.metrics = Metrics()
+        self.metrics = WorkerMetrics(settings.topic, settings.metrics_max_jobs)
         self._partitions = Partitions(settings.topic, retry_topic(settings.topic))
         self._producer_failure: str | None = None
         self._settler: Settler | None = None
         self._releaser: Releaser | None = None
+        self._probe: Probe | None = None
         # Read now, so a bad key file or allow-list stops the worker before it connects.
         max_age = settings.max_run_age_s
         self._guard = Guard(
@@ -130,6 +135,8 @@ class Worker:
                 loop.turn()
             halted_by = releaser.shutdown()
         finally:
+            if self._probe is not None:
+                self._probe.stop()
             crew.consumer.close()
             crew.pool.close()
         if halted_by is not None:
@@ -139,8 +146,11 @@ class Worker:
 
     def _start(self) -> tuple[Loop, Releaser, Crew]:
         settings = self._settings
-        if settings.metrics_port:
-            self.metrics.serve(settings.metrics_port, settings.metrics_addr)
+        if settings.served_metrics_port:
+            self.metrics.serve(settings.served_metrics_port, settings.metrics_addr)
+            from kcron.probe import Probe  # Kafka side, like the connector below
+
+            self._probe = Probe(settings, self.metrics).start()
         connector = self._connector
         if connector is None:
             from kcron.worker.confluent import ConfluentConnector  # the only Kafka client
@@ -165,6 +175,7 @@ class Worker:
         pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
         loop = Loop(crew, events, self._clock, self._guard, self.metrics, self._tracer)
+        self._watch_load(crew)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
         _log_started(settings, settler)
         if keys is None:
@@ -174,6 +185,12 @@ class Worker:
                 extra=fields(topic=settings.topic),
             )
         return loop, self._releaser, crew
+
+    def _watch_load(self, crew: Crew) -> None:
+        """Gauges read at scrape time, from the metrics server's thread: lengths only."""
+        self.metrics.slots.set(self._settings.concurrency)
+        self.metrics.partitions.set_function(lambda: len(crew.partitions.assigned))
+        self.metrics.waiting.set_function(lambda: len(crew.hold) + crew.pool.waiting())
 
     def _killed(self) -> int | None:
         return self._kill_signal
@@ -232,6 +249,21 @@ def _log_started(settings: Settings, settler: Settler) -> None:
     )
 
 
+def _count_start(metrics: WorkerMetrics, event: Started) -> None:
+    lateness = event.lateness_ms / 1000
+    metrics.started(event.job.run.job, lateness, lateness >= LATE_AFTER.total_seconds())
+
+
+def _count_end(metrics: WorkerMetrics, done: Done) -> None:
+    """A run that ended, counted here on the loop's thread, where the fake Kafka of
+    the unit tests sees it too (skipped runs: overlap.skip; never started: not at all)."""
+    result = done.result
+    if result is None or result.outcome is Outcome.SKIPPED:
+        return
+    ended = done.finished_at.timestamp() if result.ok and done.finished_at else None
+    metrics.finished(done.job.run.job, result.outcome.value, result.duration_s, ended)
+
+
 def start_at(run: RunMessage, now: datetime, backoff_hold: timedelta) -> datetime:
     """When to start ``run``: its schedule, or its backoff if later, within bounds.
 
@@ -268,7 +300,7 @@ class Loop:
         events: queue.SimpleQueue[_Event],
         clock: Clock,
         guard: Guard | None = None,
-        metrics: Metrics | None = None,
+        metrics: WorkerMetrics | None = None,
         tracer: Tracer = NO_TRACING,
     ) -> None:
         self._crew = crew
@@ -276,7 +308,7 @@ class Loop:
         self._guard = guard or Guard(crew.settings.topic)
         self._events = events
         self._clock = clock
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics or WorkerMetrics(crew.settings.topic)
         self._backoff_hold: timedelta = max_backoff_hold(crew.settings.retry_cap_s)
 
     def turn(self) -> None:
@@ -305,6 +337,7 @@ class Loop:
         if refusal is not None:
             self._crew.settler.rejected(record, run, refusal)
             return
+        self._metrics.job(run.job)  # a new job's succeeded and failed start at 0, now
         if run.queue is not None and run.queue != self._crew.settings.topic:
             # A hand-produced or copied message: the topic routed it here, and
             # refusing it would only turn a routing slip into a dead letter.
@@ -382,8 +415,10 @@ class Loop:
                 crew.settler.delivered(event)
                 continue
             if isinstance(event, Started):
+                _count_start(self._metrics, event)
                 crew.settler.started(event)
                 continue
             crew.pool.taken(event.job)
+            _count_end(self._metrics, event)
             if crew.kill_signal() is None:  # killed runs are never committed
                 crew.settler.settle(event)

@@ -23,7 +23,7 @@ from kcron import events, executor, retry, signing
 from kcron.errors import DecodeError
 from kcron.log import fields
 from kcron.message import Attempt, RunMessage, format_time
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.settings import Settings
 from kcron.tracing import NO_TRACING, Tracer
 from kcron.worker.port import Headers, PartitionKey, ProducerPort, Record
@@ -145,7 +145,7 @@ class Settler:
         settings: Settings,
         producer: ProducerPort,
         hooks: Hooks,
-        metrics: Metrics,
+        metrics: WorkerMetrics,
         clock: Clock,
         rng: random.Random,
         keys: signing.KeySet | None = None,
@@ -242,7 +242,7 @@ class Settler:
         run, result = done.job.run, done.result
         assert decision.not_before is not None and result is not None
         nxt = retry.next_attempt(run, attempt, decision.not_before, now)
-        self._metrics.retries.labels(run.job).inc()
+        self._metrics.retried(run.job)
         _log_retry(nxt, decision, result, run.queue or self._settings.topic)
         trace = self._tracer.settled(done, events.RETRY, now)  # the next attempt's parent
         self._send(done.job, self.retry_topic, signing.encode_run(nxt, self._keys), trace)
@@ -259,7 +259,7 @@ class Settler:
             result=result,
             attempt=attempt,
         )
-        self._metrics.dead_letters.labels(run.job, decision.kind.value).inc()
+        self._metrics.dead_lettered(run.job, decision.kind.value)
         log.error(
             "dead letter",
             extra=fields(
@@ -297,7 +297,7 @@ class Settler:
         send back what no key holder wrote; job and metric labels never come
         from the unverified message, so a flood cannot grow them.
         """
-        self._metrics.rejected.labels(refusal.code, self._settings.topic).inc()
+        self._metrics.refused(refusal.code)
         reason = f"rejected ({refusal.code}): {refusal.reason}"
         log.error(
             "run rejected, not executed",
@@ -314,7 +314,7 @@ class Settler:
     ) -> None:
         """Dead-letter a message that is not a run to execute, then commit it."""
         key, offset = record.where, record.offset
-        self._metrics.dead_letters.labels("", kind.value).inc()
+        self._metrics.dead_lettered("", kind.value)
         letter = retry.dead_letter(
             kind=kind,
             reason=reason,
@@ -367,7 +367,7 @@ class Settler:
             what = "run event"
         else:
             what = "retry or dead letter"
-            self._metrics.delivery_failures.labels(event.job).inc()
+            self._metrics.delivery_failed(event.job)
         log.error(
             f"{what} not delivered; the run stays uncommitted and is delivered again "
             "after a restart or rebalance",

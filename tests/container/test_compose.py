@@ -108,6 +108,11 @@ def test_docker_compose_yml_is_valid_as_it_is(compose_cmd: list[str]) -> None:
     services = run([*base, "--profile", "workers", "config", "--services"]).stdout.split()
     pools = ["kcron-worker-a", "kcron-worker-b"]
     assert sorted(services) == ["kafka", "kcron", "kcron-worker", *pools]
+    # Metrics ports: reachable inside the compose network, never published on the host.
+    text = run([*base, "--profile", "workers", "config"]).stdout
+    assert text.count("- 9400-9499") == len(services) - 1, "every kcron service exposes them"
+    published = [line for line in text.splitlines() if re.search(r"\b9[4-9]\d\d:", line)]
+    assert published == [], published
     # That kcron-worker-a and -b start without a profile (docker-compose 1.x lists
     # every service here, profile or not): the project's plain `up -d` runs them,
     # test_every_pool_of_the_compose_project_is_running_and_healthy.
@@ -126,6 +131,8 @@ def test_image_is_lean_non_root_and_health_checked(kcron_image: str) -> None:
     assert env["KCRON_JOBS"] == "/etc/kcron/jobs.cron"
     assert env["KCRON_CONSUMERS"] == "2" and env["KCRON_PRODUCER"] == "true"
     assert env["KCRON_QUEUES"] == ""  # unset: KCRON_CONSUMERS on the default queue
+    # Metrics on, one port per process, reachable from the container's network.
+    assert env["KCRON_METRICS"] == "true" and env["KCRON_METRICS_ADDR"] == "0.0.0.0"
     # Offline (no network at all): what is installed, and the baked example.
     script = (
         "id -u; pip list --format=freeze; echo ---; cat /etc/kcron/jobs.cron; echo ---; "
