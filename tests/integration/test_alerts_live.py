@@ -140,6 +140,11 @@ class Prometheus:
         )
         return f"{found[0]['state']} after {time.monotonic() - since:.1f} s"
 
+    def active(self) -> str:
+        """Every alert pending or firing now, for the figures."""
+        names = {a["labels"]["alertname"] for a in self.api("alerts")["alerts"]}
+        return " ".join(sorted(names))
+
     def stop(self) -> None:
         self.process.stop(timeout=10)
 
@@ -237,6 +242,7 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
             since, "KcronDeadLetters", kcron_job="always-fails", kind="exhausted", **queue
         )
         assert not prom.alerts("KcronJobFailing", kcron_job="fine"), "a job that succeeds"
+        figures["a all active"] = prom.active()
 
         # (b) malformed messages: bytes that are no run.
         since = time.monotonic()
@@ -244,6 +250,7 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
         figures["b KcronUndecodableMessages"] = prom.wait_alert(
             since, "KcronUndecodableMessages", **queue
         )
+        figures["b all active"] = prom.active()
 
         # The dashboard: every query answers; the main panels have data by now.
         series = check_dashboard(prom)
@@ -259,6 +266,7 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
             since, "KcronTargetDown", instance=f"127.0.0.1:{worker_ports[0]}"
         )
         figures["c KcronNoConsumers"] = prom.wait_alert(since, "KcronNoConsumers", **queue)
+        figures["c all active"] = prom.active()
         assert producer.stop(timeout=30) == 0
 
         # (d) the broker frozen: a worker on a broker of the test's own.
@@ -278,6 +286,7 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
             figures["d KcronBrokerDown"] = prom.wait_alert(
                 since, "KcronBrokerDown", instance=f"127.0.0.1:{frozen_port}"
             )
+            figures["d all active"] = prom.active()
             os.kill(embedded.process.pid, signal.SIGCONT)
             frozen.stop(timeout=30)
     finally:
