@@ -25,6 +25,7 @@ from kcron.options import (
     common_options,
     handle_errors,
     max_queues_option,
+    metrics_max_jobs_option,
     metrics_options,
     option,
     partitions_option,
@@ -386,6 +387,7 @@ def backfill(jobs: str, start: str, end: str, dry_run: bool, **values: Any) -> N
     "seconds: the window in which a replayed message can repeat a run (docs/security.md).",
     default_text="no bound",
 )
+@metrics_max_jobs_option
 @metrics_options
 @common_options
 @handle_errors

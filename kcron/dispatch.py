@@ -21,7 +21,7 @@ from kcron import kafka, misfire, signing
 from kcron.errors import BrokerError, FencedError
 from kcron.log import fields
 from kcron.message import RunMessage, format_time, new_run_id
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics
 from kcron.schedule import Run
 from kcron.settings import Settings
 
@@ -106,7 +106,7 @@ class Dispatcher:
         self,
         producer: PlainProducer,
         topic: str,
-        metrics: Metrics,
+        metrics: ProducerMetrics,
         keys: signing.KeySet | None = None,
     ) -> None:
         self._producer = producer
@@ -116,7 +116,7 @@ class Dispatcher:
         self.failed = 0
 
     @classmethod
-    def connect(cls, settings: Settings, metrics: Metrics) -> Dispatcher:
+    def connect(cls, settings: Settings, metrics: ProducerMetrics) -> Dispatcher:
         keys = signing.load_optional(settings.signing_key_file)
         return cls(Producer(kafka.producer_config(settings)), settings.topic, metrics, keys)
 
@@ -128,7 +128,7 @@ class Dispatcher:
             if err is None:
                 return
             self.failed += 1
-            self._metrics.delivery_failures.labels(msg.job).inc()
+            self._metrics.delivery_failed(msg.job, topic)
             log.error(
                 "delivery failed",
                 extra=fields(
@@ -154,14 +154,14 @@ def backfill(
     runs: Sequence[Run],
     progress: Callable[[int], None] | None = None,
     clock: Clock = utc_now,
-    metrics: Metrics | None = None,
+    metrics: ProducerMetrics | None = None,
 ) -> int:
     """Produce every given run now, to its queue, keeping each run's true ``scheduled_for``."""
     kafka.wait_for_broker(settings)
     kafka.ensure_topic(settings)
     for queue in sorted({run.job.queue for run in runs if run.job.queue is not None}):
         kafka.ensure_topic(settings, queue)
-    dispatcher = Dispatcher.connect(settings, metrics or Metrics())
+    dispatcher = Dispatcher.connect(settings, metrics or ProducerMetrics(settings.topic))
     count = 0
     for run in runs:
         dispatcher.send(run, clock())
@@ -192,7 +192,7 @@ class TransactionalDispatcher:
         topic: str,
         producer_id: str,
         state_topic: str,
-        metrics: Metrics,
+        metrics: ProducerMetrics,
         sleep: Callable[[float], None] = time.sleep,
         keys: signing.KeySet | None = None,
     ) -> None:
@@ -215,7 +215,7 @@ class TransactionalDispatcher:
         settings: Settings,
         producer_id: str,
         state_topic: str,
-        metrics: Metrics,
+        metrics: ProducerMetrics,
         sleep: Callable[[float], None] = time.sleep,
     ) -> TransactionalDispatcher:
         config = kafka.transactional_producer_config(
@@ -259,7 +259,7 @@ class TransactionalDispatcher:
                 self._sleep(min(2.0, 0.1 * 2**attempt))
         for msg in messages:
             partition, offset = placed.get(msg.id, (None, None))
-            self._metrics.dispatched.labels(msg.job).inc()
+            self._metrics.dispatched(msg.job, msg.queue or self._topic)
             log.info(
                 "run dispatched",
                 extra=fields(
@@ -310,7 +310,7 @@ class TransactionalDispatcher:
             with contextlib.suppress(KafkaException):
                 self._producer.abort_transaction(TXN_TIMEOUT_S)
         for msg in messages:
-            self._metrics.delivery_failures.labels(msg.job).inc()
+            self._metrics.delivery_failed(msg.job, msg.queue or self._topic)
         log.warning(
             "transaction failed; retrying",
             extra=fields(attempt=attempt, runs=len(messages), error=err.str()),

@@ -164,8 +164,12 @@ def reader_config(settings: Settings) -> dict[str, Any]:
     return conf
 
 
+def admin_config(settings: Settings) -> dict[str, Any]:
+    return _common(settings)
+
+
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient(_common(settings))
+    return AdminClient(admin_config(settings))
 
 
 def ensure_topic(

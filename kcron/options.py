@@ -134,7 +134,34 @@ def common_options(func: F) -> F:
     return func
 
 
+class MetricsPort(click.ParamType[int, Any]):
+    """``PORT``, or ``BASE+N`` (``9401+3`` is 9404): supervisord passes
+    ``9401+%(process_num)d`` so that each process of a pool gets its own port."""
+
+    name = "PORT|BASE+N"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            port = value
+        else:
+            base, plus, offset = str(value).strip().partition("+")
+            try:
+                port = int(base) + (int(offset) if plus else 0)
+            except ValueError:
+                self.fail(f"'{value}' is not a port number or BASE+N (e.g. 9401+3)", param, ctx)
+        if not 1 <= port <= 65535:
+            self.fail(f"'{value}' gives port {port}, outside 1-65535", param, ctx)
+        return port
+
+
 def metrics_options(func: F) -> F:
+    func = setting(
+        "--broker-probe-interval",
+        field="broker_probe_interval_s",
+        env="BROKER_PROBE_INTERVAL",
+        type=click.FloatRange(min=0.1),
+        help="Seconds between broker probes (kcron_broker_up; the producer's queue lag).",
+    )(func)
     func = setting(
         "--metrics-addr",
         field="metrics_addr",
@@ -145,9 +172,18 @@ def metrics_options(func: F) -> F:
         "--metrics-port",
         field="metrics_port",
         env="METRICS_PORT",
-        type=click.IntRange(1, 65535),
-        help="Serve Prometheus metrics on this port.",
+        type=MetricsPort(),
+        help="Serve Prometheus metrics on this port, or BASE+N (e.g. 9401+3 = 9404).",
     )(func)
+
+
+metrics_max_jobs_option = setting(
+    "--metrics-max-jobs",
+    field="metrics_max_jobs",
+    env="METRICS_MAX_JOBS",
+    type=click.IntRange(1),
+    help="Distinct job names a worker's metrics label; later ones count as _other.",
+)
 
 
 def partitions_option(func: F) -> F:

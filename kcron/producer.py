@@ -32,7 +32,8 @@ from kcron.errors import BrokerError, JobFileError, KcronError
 from kcron.jobfile import Job
 from kcron.log import fields
 from kcron.message import RunMessage, format_time
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics
+from kcron.probe import Probe
 from kcron.schedule import Run, Scheduler
 from kcron.settings import Settings
 
@@ -69,7 +70,7 @@ class ProducerKafka(Protocol):
 
     def elector(self) -> Elector: ...
 
-    def dispatcher(self, metrics: Metrics, sleep: Callable[[float], None]) -> TxnDispatcher:
+    def dispatcher(self, metrics: ProducerMetrics, sleep: Callable[[float], None]) -> TxnDispatcher:
         """A transactional dispatcher; creating it fences older producers with the same id."""
 
     def read_state(self, keep_alive: Callable[[], None]) -> dict[str, datetime]: ...
@@ -98,7 +99,7 @@ class KafkaPorts:
         group = transactional_id(self._settings, self._producer_id)
         return KafkaElector(self._settings, group, self._state_topic)
 
-    def dispatcher(self, metrics: Metrics, sleep: Callable[[float], None]) -> TxnDispatcher:
+    def dispatcher(self, metrics: ProducerMetrics, sleep: Callable[[float], None]) -> TxnDispatcher:
         return TransactionalDispatcher.connect(
             self._settings, self._producer_id, self._state_topic, metrics, sleep
         )
@@ -322,6 +323,42 @@ def load_while_joining(
     return joined.result(), jobs
 
 
+class _Observed:
+    """The producer's metrics, served with their probe when --metrics-port is set."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self.metrics = ProducerMetrics(settings.topic)
+        self._jobs: tuple[Job, ...] = ()
+        self._probe: Probe | None = None
+
+    def loaded(self, jobs: tuple[Job, ...], now: datetime) -> tuple[Job, ...]:
+        """Every job at 0; their run times only when served (seconds of work for a
+        big file, done in the background)."""
+        settings = self._settings
+        self._jobs = jobs
+        self.metrics.load(jobs, settings.topic)
+        if settings.metrics_port:
+            self.metrics.compute_times_in_background(jobs, now, settings.tz)
+        return jobs
+
+    def start(self, jobs: tuple[Job, ...], now: datetime) -> None:
+        settings = self._settings
+        self.loaded(jobs, now)
+        if settings.metrics_port:
+            self.metrics.serve(settings.metrics_port, settings.metrics_addr)
+            self._probe = Probe(settings, self.metrics, self._queues).start()
+
+    def _queues(self) -> Collection[str]:
+        """The job file's queues (called from the probe's thread)."""
+        # The default queue always: backfill and kcron trigger write to it too.
+        return {self._settings.topic, *jobfile.queues(self._jobs, self._settings.topic)}
+
+    def stop(self) -> None:
+        if self._probe is not None:
+            self._probe.stop()
+
+
 class ProducerService:
     """The long-running scheduler loop behind ``kcron produce``."""
 
@@ -341,17 +378,16 @@ class ProducerService:
         self._grace = timedelta(seconds=settings.misfire_grace_s)
         self._ahead = timedelta(seconds=settings.dispatch_ahead_s)
         # Set by signal handlers (plain assignments only), read by the loop.
-        self._stops = 0
-        self._stop_signum = 0
+        self._stops = self._stop_signum = 0
         self._reload = False
         self._jobs: tuple[Job, ...] = ()
-        self._metrics = Metrics()
         self._dispatcher: TxnDispatcher | None = None
         self._scheduler: Scheduler | None = None
         self._pending: list[Run] = []  # popped from the schedule, not yet committed
         self._rebooted = False
         self._watcher: _JobFileWatcher | None = None
         self._queue_topics = _QueueTopics(self._kafka, settings.topic)
+        self._observed = _Observed(settings)
 
     # Signal handlers only set flags; the loop does the work.
     def _on_stop(self, signum: int, _frame: FrameType | None) -> None:
@@ -379,6 +415,7 @@ class ProducerService:
                 raise
             return self._stop(elector)
         finally:
+            self._observed.stop()
             self._host.restore()
 
     def _start(self) -> Elector:
@@ -386,8 +423,7 @@ class ProducerService:
         elector, self._jobs = load_while_joining(self._kafka, self._path, settings.max_queues)
         try:
             self._queue_topics.make(self._jobs)  # @reboot and catch-up runs need them at once
-            if settings.metrics_port:
-                self._metrics.serve(settings.metrics_port, settings.metrics_addr)
+            self._observed.start(self._jobs, self._host.now())
         except BaseException:
             elector.close()
             raise
@@ -419,11 +455,12 @@ class ProducerService:
 
     def _role_changed(self, elector: Elector) -> None:
         elector.changed = False
+        self._observed.metrics.set_active(elector.active)
         if elector.active:
             self._drop_role()  # lost and regained during a take-over: start afresh
             # Before the state read: creating it fences any older producer with
             # this id, so nothing is committed behind the state we read.
-            self._dispatcher = self._kafka.dispatcher(self._metrics, self._host.wait)
+            self._dispatcher = self._kafka.dispatcher(self._observed.metrics, self._host.wait)
             self._scheduler, self._pending = self._take_over(elector)
             self._rebooted = True
         else:
@@ -502,7 +539,7 @@ class ProducerService:
             # Resume from the old cursor: runs already handed out are not repeated,
             # and runs due between the last tick and now are not skipped.
             self._scheduler = Scheduler(new, self._scheduler.cursor, self._settings.tz)
-        self._jobs = new
+        self._jobs = self._observed.loaded(new, self._host.now())
         log.info(
             "job file reloaded",
             extra=fields(

@@ -21,7 +21,7 @@ from kcron import dispatch, events, kafka
 from kcron.errors import BrokerError
 from kcron.jobfile import Job
 from kcron.message import RunMessage
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics
 from kcron.schedule import Run
 from kcron.settings import Settings
 
@@ -92,7 +92,7 @@ def trigger(settings: Settings, job: Job, clock: dispatch.Clock = dispatch.utc_n
     """
     kafka.wait_for_broker(settings)
     kafka.ensure_topic(settings, job.queue_or(settings.topic))
-    sender = dispatch.Dispatcher.connect(settings, Metrics())
+    sender = dispatch.Dispatcher.connect(settings, ProducerMetrics(settings.topic))
     now = clock().astimezone(UTC)
     msg = sender.send(Run(now, job), now, trigger="manual")
     left = sender.flush()

@@ -31,6 +31,7 @@ _AT_LEAST_ONE = (
     "session_timeout_ms",
     "fetch_wait_max_ms",
     "max_queues",
+    "metrics_max_jobs",
 )
 DEFAULT_TOPIC = "kcron.jobs"
 DEFAULT_GROUP = "kcron"
@@ -87,6 +88,12 @@ class Settings:
     fetch_wait_max_ms: int = 100
     metrics_port: int | None = None  # serve Prometheus metrics here when set
     metrics_addr: str = "127.0.0.1"
+    # Distinct job names a worker labels its metrics with; later ones count as
+    # "_other" (job names come from the messages, so they are not bounded).
+    metrics_max_jobs: int = 500
+    # How often every process checks the broker answers (kcron_broker_up), and
+    # the producer reads its queues' groups (consumers, lag); with metrics only.
+    broker_probe_interval_s: float = 5.0
     # Backoff between attempts of a failed run (kcron/retry.py): after attempt
     # n the next waits about min(cap, base * 2**(n-1)), half of it jittered.
     retry_base_s: float = 10.0
@@ -147,6 +154,8 @@ class Settings:
         ]
         if self.grace_s < 0 or self.watch_interval_s <= 0:
             problems.append("grace must be >= 0 and watch interval > 0")
+        if self.broker_probe_interval_s < 0.1:
+            problems.append("broker probe interval must be at least 0.1 seconds")
         if self.read_idle_s < 0.1:
             problems.append("idle must be at least 0.1 seconds")
         if self.misfire_grace_s < 0:

@@ -28,13 +28,14 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from kcron import allowlist, signing
 from kcron.errors import BrokerError, DecodeError
 from kcron.executor import Credentials
 from kcron.log import fields
 from kcron.message import RunMessage, decode, format_time
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.retry import retry_topic
 from kcron.settings import Settings
 from kcron.worker.guard import Guard
@@ -45,6 +46,9 @@ from kcron.worker.port import ClientError, CommitResult, Connector, PartitionKey
 from kcron.worker.release import Crew, Releaser, log_committed
 from kcron.worker.runner import Done, Job, JobRunner, Pool, Started, ThreadPool
 from kcron.worker.settle import Delivered, Hooks, Settler
+
+if TYPE_CHECKING:
+    from kcron.probe import Probe
 
 log = logging.getLogger("kcron.worker")
 
@@ -77,11 +81,12 @@ class Worker:
         # Set by the signal handler, read by the loop: plain attributes, no locks.
         self._stop_signal: int | None = None  # first SIGTERM/SIGINT: graceful stop
         self._kill_signal: int | None = None  # a second one: stop at once
-        self.metrics = Metrics()
+        self.metrics = WorkerMetrics(settings.topic, settings.metrics_max_jobs)
         self._partitions = Partitions(settings.topic, retry_topic(settings.topic))
         self._producer_failure: str | None = None
         self._settler: Settler | None = None
         self._releaser: Releaser | None = None
+        self._probe: Probe | None = None
         # Read now, so a bad key file or allow-list stops the worker before it connects.
         max_age = settings.max_run_age_s
         self._guard = Guard(
@@ -123,6 +128,8 @@ class Worker:
                 loop.turn()
             halted_by = releaser.shutdown()
         finally:
+            if self._probe is not None:
+                self._probe.stop()
             crew.consumer.close()
             crew.pool.close()
         if halted_by is not None:
@@ -134,6 +141,9 @@ class Worker:
         settings = self._settings
         if settings.metrics_port:
             self.metrics.serve(settings.metrics_port, settings.metrics_addr)
+            from kcron.probe import Probe  # Kafka side, like the connector below
+
+            self._probe = Probe(settings, self.metrics).start()
         connector = self._connector
         if connector is None:
             from kcron.worker.confluent import ConfluentConnector  # the only Kafka client
@@ -156,6 +166,7 @@ class Worker:
         pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
         loop = Loop(crew, events, self._clock, self._guard, self.metrics)
+        self._watch_load(crew)
         self._releaser = Releaser(crew, loop.drain, self._monotonic)
         _log_started(settings, settler)
         if keys is None:
@@ -165,6 +176,12 @@ class Worker:
                 extra=fields(topic=settings.topic),
             )
         return loop, self._releaser, crew
+
+    def _watch_load(self, crew: Crew) -> None:
+        """Gauges read at scrape time, from the metrics server's thread: lengths only."""
+        self.metrics.slots.set(self._settings.concurrency)
+        self.metrics.partitions.set_function(lambda: len(crew.partitions.assigned))
+        self.metrics.waiting.set_function(lambda: len(crew.hold) + crew.pool.waiting())
 
     def _killed(self) -> int | None:
         return self._kill_signal
@@ -259,13 +276,13 @@ class Loop:
         events: queue.SimpleQueue[_Event],
         clock: Clock,
         guard: Guard | None = None,
-        metrics: Metrics | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._crew = crew
         self._guard = guard or Guard(crew.settings.topic)
         self._events = events
         self._clock = clock
-        self._metrics = metrics or Metrics()
+        self._metrics = metrics or WorkerMetrics(crew.settings.topic)
         self._backoff_hold: timedelta = max_backoff_hold(crew.settings.retry_cap_s)
 
     def turn(self) -> None:
@@ -294,6 +311,7 @@ class Loop:
         if refusal is not None:
             self._crew.settler.rejected(record, run, refusal)
             return
+        self._metrics.job(run.job)  # a new job's succeeded and failed start at 0, now
         if run.queue is not None and run.queue != self._crew.settings.topic:
             # A hand-produced or copied message: the topic routed it here, and
             # refusing it would only turn a routing slip into a dead letter.

@@ -25,7 +25,7 @@ from datetime import datetime
 from kcron.executor import ExecResult, Outcome
 from kcron.log import fields
 from kcron.message import format_time
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.worker.runner import Done, Job
 
 log = logging.getLogger("kcron.worker")
@@ -46,10 +46,10 @@ def running_run(job: Job, pending: Iterable[Job]) -> Job | None:
     return None
 
 
-def skip(job: Job, running: Job, now: datetime, default_queue: str, metrics: Metrics) -> Done:
+def skip(job: Job, running: Job, now: datetime, default_queue: str, metrics: WorkerMetrics) -> Done:
     """Log and count ``job`` as skipped; its Done, for the settler to commit."""
     run = job.run
-    metrics.runs.labels(run.job, Outcome.SKIPPED.value).inc()
+    metrics.finished(run.job, Outcome.SKIPPED.value, 0.0, None)
     log.warning(
         "run skipped",
         extra=fields(

@@ -22,7 +22,7 @@ from typing import Protocol
 from kcron import executor
 from kcron.log import fields
 from kcron.message import RunMessage, format_time
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 
 log = logging.getLogger("kcron.worker")
 job_log = logging.getLogger("kcron.job")
@@ -111,6 +111,9 @@ class Pool(Protocol):
     def taken(self, job: Job) -> None:
         """The loop took ``job``'s Done."""
 
+    def waiting(self) -> int:
+        """Jobs submitted and not started yet (called from the metrics' thread)."""
+
     def cancel_running(self) -> None:
         """Grace over: kill running jobs' groups; they come back CANCELLED."""
 
@@ -127,7 +130,7 @@ class JobRunner:
         self,
         max_output_bytes: int,
         topic: str,
-        metrics: Metrics,
+        metrics: WorkerMetrics,
         clock: Clock,
         run_as: executor.Credentials | None = None,
         on_start: Callable[[Started], None] | None = None,
@@ -152,9 +155,6 @@ class JobRunner:
                 self._on_start(Started(job, started, ms(lateness)))
             result = self._run(msg, cancel, on_spawn)
             finished = self._clock()
-            self._metrics.runs.labels(msg.job, result.outcome.value).inc()
-            self._metrics.lateness.observe(max(0.0, lateness))
-            self._metrics.duration.observe(result.duration_s)
             self._ended(msg, result, lateness, where)
             return Done(job, result, started, finished)
         except Exception:  # a bug here must not kill the pool thread silently
@@ -174,8 +174,6 @@ class JobRunner:
         self, msg: RunMessage, started: datetime, lateness: float, where: dict[str, object]
     ) -> None:
         late = started - msg.due >= LATE_AFTER
-        if late:
-            self._metrics.late.labels(msg.job).inc()
         log.log(
             logging.WARNING if late else logging.INFO,
             "run started",
@@ -294,6 +292,10 @@ class ThreadPool:
 
     def taken(self, job: Job) -> None:
         self._futures.pop(job.slot, None)
+
+    def waiting(self) -> int:
+        futures = list(self._futures.values())  # one C-level copy: the loop may add to it
+        return sum(1 for _job, future in futures if not (future.running() or future.done()))
 
     def cancel_running(self) -> None:
         self._cancel.set()

@@ -23,10 +23,10 @@ from kcron import events, executor, retry, signing
 from kcron.errors import DecodeError
 from kcron.log import fields
 from kcron.message import Attempt, RunMessage, format_time
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.settings import Settings
 from kcron.worker.port import PartitionKey, ProducerPort, Record
-from kcron.worker.runner import Done, Job, Started, ms
+from kcron.worker.runner import LATE_AFTER, Done, Job, Started, ms
 
 log = logging.getLogger("kcron.worker")
 
@@ -144,7 +144,7 @@ class Settler:
         settings: Settings,
         producer: ProducerPort,
         hooks: Hooks,
-        metrics: Metrics,
+        metrics: WorkerMetrics,
         clock: Clock,
         rng: random.Random,
         keys: signing.KeySet | None = None,
@@ -170,6 +170,8 @@ class Settler:
     def started(self, event: Started) -> None:
         """Write the run's ``started`` event; its offset now waits for it too."""
         job = event.job
+        lateness = event.lateness_ms / 1000
+        self._metrics.started(job.run.job, lateness, lateness >= LATE_AFTER.total_seconds())
         if not self._hooks.owns(job.partition, job.generation):
             return
         record = events.started(
@@ -198,6 +200,10 @@ class Settler:
     def settle(self, done: Done) -> None:
         result, job = done.result, done.job
         slot = (job.partition, job.offset, job.generation)
+        if result is not None and result.outcome is not executor.Outcome.SKIPPED:
+            # Counted here, on the loop's thread (skipped runs by overlap.skip).
+            ended = done.finished_at.timestamp() if result.ok and done.finished_at else None
+            self._metrics.finished(job.run.job, result.outcome.value, result.duration_s, ended)
         if result is None or result.outcome is executor.Outcome.CANCELLED:
             self._ledger.settled(slot, commit=False)
             return  # not run to the end: leave the offset for redelivery
@@ -236,7 +242,7 @@ class Settler:
         run, result = done.job.run, done.result
         assert decision.not_before is not None and result is not None
         nxt = retry.next_attempt(run, attempt, decision.not_before, now)
-        self._metrics.retries.labels(run.job).inc()
+        self._metrics.retried(run.job)
         _log_retry(nxt, decision, result, run.queue or self._settings.topic)
         self._send(done.job, self.retry_topic, signing.encode_run(nxt, self._keys))
 
@@ -252,7 +258,7 @@ class Settler:
             result=result,
             attempt=attempt,
         )
-        self._metrics.dead_letters.labels(run.job, decision.kind.value).inc()
+        self._metrics.dead_lettered(run.job, decision.kind.value)
         log.error(
             "dead letter",
             extra=fields(
@@ -289,7 +295,7 @@ class Settler:
         send back what no key holder wrote; job and metric labels never come
         from the unverified message, so a flood cannot grow them.
         """
-        self._metrics.rejected.labels(refusal.code, self._settings.topic).inc()
+        self._metrics.refused(refusal.code)
         reason = f"rejected ({refusal.code}): {refusal.reason}"
         log.error(
             "run rejected, not executed",
@@ -306,7 +312,7 @@ class Settler:
     ) -> None:
         """Dead-letter a message that is not a run to execute, then commit it."""
         key, offset = record.where, record.offset
-        self._metrics.dead_letters.labels("", kind.value).inc()
+        self._metrics.dead_lettered("", kind.value)
         letter = retry.dead_letter(
             kind=kind,
             reason=reason,
@@ -350,7 +356,7 @@ class Settler:
             what = "run event"
         else:
             what = "retry or dead letter"
-            self._metrics.delivery_failures.labels(event.job).inc()
+            self._metrics.delivery_failed(event.job)
         log.error(
             f"{what} not delivered; the run stays uncommitted and is delivered again "
             "after a restart or rebalance",

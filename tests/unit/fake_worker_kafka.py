@@ -299,6 +299,9 @@ class FakePool:
     def taken(self, job: Job) -> None:
         self.returned.remove(job)
 
+    def waiting(self) -> int:
+        return len(self.queued)
+
     def cancel_running(self) -> None:
         self.cancelling = True
 

@@ -13,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from kcron.dispatch import TransactionalDispatcher
 from kcron.message import RunMessage, decode
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics as Metrics
 from kcron.producer import SignalHandler, TxnDispatcher
 from kcron.schedule import Run
 

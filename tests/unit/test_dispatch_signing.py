@@ -10,7 +10,7 @@ from typing import Any
 from kcron.dispatch import Dispatcher, TransactionalDispatcher
 from kcron.jobfile import Job, parse
 from kcron.message import decode
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics as Metrics
 from kcron.schedule import Run
 from kcron.signing import load_keys
 from tests.unit.producer_fakes import FakeTxnProducer

@@ -21,7 +21,7 @@ from kcron.dispatch import Dispatcher, TransactionalDispatcher
 from kcron.errors import DecodeError, JobFileError
 from kcron.executor import ExecResult, Outcome
 from kcron.message import RunMessage, decode
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics as Metrics
 from kcron.producer import ProducerService
 from kcron.retry import Verdict
 from kcron.schedule import Run
@@ -266,7 +266,7 @@ def test_a_forbid_run_due_while_its_job_runs_is_skipped_committed_and_counted(
     assert h.started_ids() == ["slow-0"]
     assert h.kafka.produced == [], "no retry, no dead letter"
     assert h.kafka.committed == {P0: 2}
-    assert h.counter("kcron_runs_total", job="slow", outcome="skipped") == 1
+    assert h.counter("kcron_runs_total", queue=TOPIC, kcron_job="slow", outcome="skipped") == 1
     assert h.worker.executed == 1, "a skipped run was not executed"
     [skip] = logged(caplog, SKIPPED)
     assert (skip["job"], LABELS[skip["run"]], LABELS[skip["running"]]) == (
@@ -288,7 +288,7 @@ def test_the_skip_is_decided_when_the_run_is_due_not_when_it_arrives() -> None:
     assert h.run() == 0
 
     assert h.started_ids() == ["slow-0", "slow-1"]
-    assert h.counter("kcron_runs_total", job="slow", outcome="skipped") == 0
+    assert h.counter("kcron_runs_total", queue=TOPIC, kcron_job="slow", outcome="skipped") == 0
 
 
 def test_runs_of_allow_jobs_and_of_other_forbid_jobs_still_overlap() -> None:
@@ -303,7 +303,7 @@ def test_runs_of_allow_jobs_and_of_other_forbid_jobs_still_overlap() -> None:
     assert h.run() == 0
 
     assert sorted(h.started_ids()) == ["allow-0", "allow-1", "other-0", "slow-0"]
-    assert h.counter("kcron_runs_total", job="allow", outcome="skipped") == 0
+    assert h.counter("kcron_runs_total", queue=TOPIC, kcron_job="allow", outcome="skipped") == 0
 
 
 def test_a_failed_forbid_run_retries_under_its_job_key() -> None:

@@ -83,7 +83,7 @@ class Rig:
     def failures(self, job: str = "m") -> float:
         assert self.kafka.metrics is not None
         value = self.kafka.metrics.registry.get_sample_value(
-            "kcron_delivery_failures_total", {"job": job}
+            "kcron_delivery_failures_total", {"kcron_job": job, "queue": "kcron.jobs"}
         )
         return value or 0.0
 

@@ -18,7 +18,7 @@ from kcron import jobfile, misfire
 from kcron.dispatch import Dispatcher
 from kcron.election import KafkaElector
 from kcron.jobfile import Job
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics as Metrics
 from kcron.producer import ProcessHost
 from kcron.schedule import Run
 from kcron.settings import Settings
@@ -72,8 +72,13 @@ def test_a_plain_delivery_failure_is_counted_and_logged_and_a_full_queue_waits(
     assert 0.1 in fake.polls, "a full local queue is waited out, never dropped"
     assert dispatcher.failed == 1
     failures = metrics.registry.get_sample_value
-    assert failures("kcron_delivery_failures_total", {"job": "lost"}) == 1
-    assert failures("kcron_delivery_failures_total", {"job": "ok"}) is None
+    assert (
+        failures("kcron_delivery_failures_total", {"kcron_job": "lost", "queue": "kcron.jobs"}) == 1
+    )
+    assert (
+        failures("kcron_delivery_failures_total", {"kcron_job": "ok", "queue": "kcron.jobs"})
+        is None
+    )
     (record,) = caplog.records
     assert record.msg == "delivery failed"
     assert record.kcron_fields["job"] == "lost"  # type: ignore[attr-defined]

@@ -22,7 +22,8 @@ from kcron.dispatch import Dispatcher, TransactionalDispatcher
 from kcron.errors import BrokerError, ConfigError, DecodeError, ExitCode, JobFileError
 from kcron.executor import ExecResult, Outcome
 from kcron.message import RunMessage, decode
-from kcron.metrics import Metrics
+from kcron.metrics import ProducerMetrics as Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.producer import ProducerService
 from kcron.retry import DeadKind, DeadLetter, Source
 from kcron.schedule import Run
@@ -421,7 +422,7 @@ def test_a_worker_serves_one_queue_with_its_own_retry_and_dead_letter_topics(
 def test_run_started_and_succeeded_say_which_queue_the_run_belongs_to(
     caplog: pytest.LogCaptureFixture, queue: str | None, logged: str
 ) -> None:
-    runner = JobRunner(1024, TOPIC, Metrics(), lambda: T0)
+    runner = JobRunner(1024, TOPIC, WorkerMetrics(), lambda: T0)
     job = Job(a_run("real", command="true", max_attempts=1, queue=queue), (TOPIC, 0), 0, 1)
     with caplog.at_level(logging.INFO, logger="kcron"):
         done = runner.execute(job, threading.Event(), lambda pid: None)

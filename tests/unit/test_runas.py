@@ -12,7 +12,7 @@ import pytest
 
 from kcron.errors import ConfigError, ExitCode
 from kcron.executor import Credentials, ExecSpec, Outcome, run
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.runas import job_credentials, log_job_user, resolve
 from kcron.settings import Settings
 from kcron.worker.runner import Done, Job, JobRunner, ThreadPool, run_environment
@@ -129,7 +129,7 @@ def test_a_timed_out_job_of_another_user_is_killed_with_its_group():
 def test_a_worker_pool_runs_jobs_as_the_run_as_user(caplog):
     caplog.set_level(logging.INFO, logger="kcron")
     done: queue.SimpleQueue[Done] = queue.SimpleQueue()
-    runner = JobRunner(1024, TOPIC, Metrics(), lambda: T0, run_as=resolve("nobody"))
+    runner = JobRunner(1024, TOPIC, WorkerMetrics(), lambda: T0, run_as=resolve("nobody"))
     pool = ThreadPool(runner, 1, done.put)
     run_msg = a_run("who", command="sh -c 'id -u; echo $USER $HOME'", max_attempts=1)
     pool.submit(Job(run_msg, (TOPIC, 0), 0, 1))

@@ -37,6 +37,9 @@ PURE = {
     "kcron.events",
     "kcron.history",
     "kcron.cli_runs",
+    "kcron.metrics",
+    "kcron.jobtimes",
+    "kcron.lag",
 }
 
 

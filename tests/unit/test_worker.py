@@ -152,8 +152,8 @@ def test_a_failed_run_is_committed_once_its_retry_is_delivered():
     assert retry.topic == RETRY
     assert json.loads(retry.value)["attempt"] == 2
     assert h.kafka.committed == {P0: 1}
-    assert h.counter("kcron_retries_total", job="backup") == 1
-    assert h.counter("kcron_delivery_failures_total", job="backup") == 0
+    assert h.counter("kcron_retries_total", queue=TOPIC, kcron_job="backup") == 1
+    assert h.counter("kcron_delivery_failures_total", queue=TOPIC, kcron_job="backup") == 0
 
 
 def test_a_hand_off_whose_delivery_fails_leaves_the_run_uncommitted_and_counts(caplog):
@@ -169,7 +169,7 @@ def test_a_hand_off_whose_delivery_fails_leaves_the_run_uncommitted_and_counts(c
     assert [p.topic for p in h.kafka.produced] == [RETRY]
     # "ok" at offset 1 succeeded, but offset 0 is not settled: nothing to commit.
     assert h.kafka.committed == {}
-    assert h.counter("kcron_delivery_failures_total", job="backup") == 1
+    assert h.counter("kcron_delivery_failures_total", queue=TOPIC, kcron_job="backup") == 1
     assert h.counter("kcron_handoff_failures_total", topic=RETRY) == 1
     assert messages(
         caplog,
@@ -190,7 +190,10 @@ def test_an_exhausted_run_is_dead_lettered_then_committed():
     assert dead.topic == DLQ
     assert json.loads(dead.value)["kind"] == "exhausted"
     assert h.kafka.committed == {P0: 1}
-    assert h.counter("kcron_dead_letters_total", job="backup", kind="exhausted") == 1
+    assert (
+        h.counter("kcron_dead_letters_total", queue=TOPIC, kcron_job="backup", kind="exhausted")
+        == 1
+    )
 
 
 def test_an_undecodable_message_is_dead_lettered_and_committed(caplog):
@@ -208,7 +211,7 @@ def test_an_undecodable_message_is_dead_lettered_and_committed(caplog):
     assert record["source"] == {"topic": TOPIC, "partition": 0, "offset": 0}
     assert h.kafka.committed == {P0: 2}
     assert h.started_ids() == ["backup-1"]
-    assert h.counter("kcron_undecodable_messages_total") == 1
+    assert h.counter("kcron_undecodable_messages_total", queue=TOPIC) == 1
     assert messages(caplog, "undecodable message skipped")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from kcron.executor import Outcome
-from kcron.metrics import Metrics
+from kcron.metrics import WorkerMetrics
 from kcron.worker.runner import Done, Job, JobRunner, ThreadPool, run_environment
 from tests.unit.fake_worker_kafka import T0, TOPIC, a_run
 from tests.unit.test_executor import is_gone, reaped
@@ -34,7 +34,7 @@ class _FirstLine(logging.Handler):
 
 def a_pool(concurrency: int = 2) -> tuple[ThreadPool, queue.SimpleQueue[Done]]:
     done: queue.SimpleQueue[Done] = queue.SimpleQueue()
-    runner = JobRunner(1024, TOPIC, Metrics(), lambda: T0)
+    runner = JobRunner(1024, TOPIC, WorkerMetrics(), lambda: T0)
     return ThreadPool(runner, concurrency, done.put), done
 
 

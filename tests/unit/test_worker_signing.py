@@ -74,7 +74,7 @@ def test_unsigned_forged_and_foreign_runs_are_rejected_and_signed_ones_run(
     assert h.kafka.committed == {P0: 5}
     assert h.counter("kcron_runs_rejected_total", reason="unsigned", queue=TOPIC) == 1
     assert h.counter("kcron_runs_rejected_total", reason="bad_signature", queue=TOPIC) == 2
-    assert h.counter("kcron_dead_letters_total", job="", kind="rejected") == 4
+    assert h.counter("kcron_dead_letters_total", queue=TOPIC, kcron_job="", kind="rejected") == 4
     assert len([r for r in caplog.records if r.getMessage() == "run rejected, not executed"]) == 4
     assert not [r for r in caplog.records if r.getMessage().startswith("no signing key")]
 
