@@ -224,11 +224,22 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
         producer.wait_for(
             lambda: all(up(prom, job, port) for job, port in ports), 60, "every target scraped"
         )
-        producer.wait_for(
-            lambda: prom.query(f'max(kcron_queue_consumers{{queue="{topic}"}}) >= 1'),
+        workers[0].wait_for(
+            lambda: sorted(p for w in workers for p in w.assigned()) == [0, 1],
             60,
-            "the producer to see the workers in the queue's group",
+            "the workers to share the queue's partitions",
         )
+        consumers = f'max(kcron_queue_consumers{{queue="{topic}"}})'
+        producer.wait_for(lambda: prom.query(consumers), 30, "the producer's queue probe")
+        # Apache Kafka lists the group's 2 members. The dev broker (Tansu) answers
+        # DescribeConsumerGroups with no members: there KcronNoConsumers fires all
+        # along and drill (c) proves only that it still does, with KcronTargetDown.
+        time.sleep(6)  # one more probe round after the group settled
+        members = int(float(prom.query(consumers)[0]["value"][1]))
+        figures["queue members seen by the producer"] = str(members)
+        if members:
+            assert members == 2, members
+            assert not prom.alerts("KcronNoConsumers", queue=topic)
         figures["setup"] = f"{time.monotonic() - t0:.1f} s"
 
         # (a) an always-failing job: 3 runs of each job, due in the last 3 minutes.
@@ -259,6 +270,7 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
         figures["dashboard"] = ", ".join(f"{t}: {n}" for t, n in series.items())
 
         # (c) every worker of the queue stopped; the every-minute jobs stay due.
+        assert not prom.alerts("KcronTargetDown", instance=f"127.0.0.1:{worker_ports[0]}")
         since = time.monotonic()
         for worker in workers:
             assert worker.stop(timeout=30) == 0
