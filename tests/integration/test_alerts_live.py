@@ -9,7 +9,8 @@ worker on a broker of this test's own. Drills, each bounded and cleaned up:
 - (a) an always-failing job          -> KcronJobFailing, KcronDeadLetters
 - (b) garbage bytes on the queue     -> KcronUndecodableMessages
 - (c) every worker of the queue stopped while an every-minute job is due
-                                     -> KcronNoConsumers, KcronTargetDown
+                                     -> KcronNoConsumers, KcronTargetDown;
+      then the producer too          -> KcronNoActiveProducer
 - (d) the broker frozen (SIGSTOP)    -> KcronBrokerDown (own broker, SIGCONT in finally)
 
 Between (b) and (c), every panel query of etc/grafana/kcron-dashboard.json runs against
@@ -279,7 +280,10 @@ def test_alerts_fire_in_live_drills_and_dashboard_queries_answer(
         )
         figures["c KcronNoConsumers"] = prom.wait_alert(since, "KcronNoConsumers", **queue)
         figures["c all active"] = prom.active()
+        # ... and the producer: no active producer is left.
+        since = time.monotonic()
         assert producer.stop(timeout=30) == 0
+        figures["c KcronNoActiveProducer"] = prom.wait_alert(since, "KcronNoActiveProducer")
 
         # (d) the broker frozen: a worker on a broker of the test's own.
         with own_broker(tmp_path) as embedded:
