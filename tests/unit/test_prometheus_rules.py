@@ -22,6 +22,10 @@ PROM = REPO / "etc" / "prometheus"
 RUNBOOKS = REPO / "docs" / "runbooks.md"
 RUNBOOK_URL = "https://github.com/kcron/kcron/blob/main/docs/runbooks.md#"
 SCRAPE_JOBS = ["kcron-producer", "kcron-worker"]
+# "or (x > 0 unless x offset W)", the newborn-counter branch of alerts.yml's rules.
+NEWBORN_BRANCH = re.compile(
+    r"\n\s*or\n\s*\((?:[^()]|\([^()]*\))*?unless(?:[^()]|\([^()]*\))*?offset \d+m\s*\)"
+)
 # Issue 14's drills, each with the alerts that must cover it.
 DRILLS = {
     "broker down": {"KcronBrokerDown"},
@@ -82,6 +86,33 @@ def test_alert_rule_unit_tests_pass() -> None:
     result = run_promtool("test", "rules", "alerts.test.yml")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout + result.stderr
+
+
+def test_rule_tests_catch_the_newborn_counter_trap(tmp_path: Path) -> None:
+    """Without their `x > 0 unless x offset W` branch, the "happened lately" alerts miss a
+    counter born at its first increment, and alerts.test.yml notices."""
+    rules = (PROM / "alerts.yml").read_text()
+    plain = NEWBORN_BRANCH.sub("", rules)
+    assert rules.count(" offset ") - plain.count(" offset ") >= 8, "the branches were not found"
+    (tmp_path / "alerts.yml").write_text(plain)
+    shutil.copy(PROM / "alerts.test.yml", tmp_path / "alerts.test.yml")
+    result = subprocess.run(
+        [promtool(), "test", "rules", "alerts.test.yml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    missed = set(re.findall(r"alertname: (\w+), time:", result.stdout + result.stderr))
+    assert {
+        "KcronJobFailing",
+        "KcronDeadLetters",
+        "KcronQueueFailing",
+        "KcronUndecodableMessages",
+        "KcronMessagesRejected",
+        "KcronDeliveryFailures",
+    } <= missed
 
 
 def test_scrape_jobs_are_the_fixed_names() -> None:
