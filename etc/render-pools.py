@@ -29,6 +29,15 @@ queue, as before queues existed.
     render-pools.py --names
         the process names supervisord should be running, one a line
         (containers/healthcheck.sh)
+    render-pools.py --targets
+        each program's metrics port: "NAME PORT" a line, the producer first
+        (unless KCRON_PRODUCER=false), e.g. for a Prometheus file_sd list
+
+Metrics ports (docs/monitoring.md): the producer 9400, the default pool's
+process n 9401 + n, the k-th other pool of KCRON_QUEUES (k = 1, 2, ... in
+the order listed, the default queue not counted) 9401 + 100k + n: the
+template's `--metrics-port 9401+%(process_num)d` gets its base moved up by
+100k in each copy.
 
 A bad setting is an error naming it, exit 78 (EX_CONFIG).  Standard library
 only: it runs before kcron, with the venv's or the system's python3.
@@ -53,6 +62,10 @@ TEMPLATE_SECTION = "program:kcron-consumer"
 PREFIX = "kcron-consumer"
 # Kafka's rule for topic names, as kcron's job-file parser applies it to queue=.
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
+PRODUCER_PORT = 9400  # as etc/supervisord.conf passes them (tests/unit/test_pools.py)
+WORKER_PORT = 9401
+POOL_PORT_STEP = 100  # > MAX_COUNT: pools never share a port
+_PORT_RE = re.compile(r"--metrics-port (\d+)\+")
 # Topics kcron derives from a queue's name: never a queue of their own.
 _DERIVED_SUFFIXES = (".retry", ".dlq", ".state")
 
@@ -66,6 +79,7 @@ class Pool:
     queue: str
     count: int
     default: bool  # the default queue: the static section, today's process names
+    k: int = 0  # place among the other pools in KCRON_QUEUES (1, 2, ...): its ports
 
     @property
     def program(self) -> str:
@@ -73,6 +87,10 @@ class Pool:
 
     def process_names(self) -> list[str]:
         return [f"{self.program}-{n:02d}" for n in range(self.count)]
+
+    def port(self, n: int, base: int = WORKER_PORT) -> int:
+        """The metrics port of process ``n``."""
+        return base + POOL_PORT_STEP * self.k + n
 
 
 def _count(text: str, what: str) -> int:
@@ -109,7 +127,8 @@ def parse_pools(env: Mapping[str, str]) -> list[Pool]:
             raise PoolError(f"{what}: queue {name!r} is named twice")
         counts[name] = _count(count, what)
     pools = [Pool(default, counts.pop(default, 0), True)]
-    return pools + [Pool(name, count, False) for name, count in counts.items()]
+    others = enumerate(counts.items(), start=1)
+    return pools + [Pool(name, count, False, k) for k, (name, count) in others]
 
 
 def render(pools: list[Pool], template: Mapping[str, str]) -> str:
@@ -125,6 +144,7 @@ def render(pools: list[Pool], template: Mapping[str, str]) -> str:
         out += ["", f"[program:{pool.program}]"]
         for key, value in template.items():
             if key == "command":
+                value = _PORT_RE.sub(lambda m: f"--metrics-port {pool.port(0, int(m[1]))}+", value)
                 value = f"{value} --topic {pool.queue}"
             elif key == "numprocs":
                 value = str(pool.count)
@@ -141,6 +161,15 @@ def template_from(conf_path: str) -> dict[str, str]:
     return dict(conf.items(TEMPLATE_SECTION))
 
 
+def targets(pools: list[Pool], env: Mapping[str, str]) -> list[str]:
+    """"NAME PORT" of every program that serves metrics, the producer first."""
+    producer = env.get("KCRON_PRODUCER", "true").strip().lower() not in ("false", "no", "off", "0")
+    lines = [f"kcron-producer {PRODUCER_PORT}"] if producer else []
+    for pool in pools:
+        lines += [f"{name} {pool.port(n)}" for n, name in enumerate(pool.process_names())]
+    return lines
+
+
 def describe(pools: list[Pool]) -> str:
     parts = []
     for pool in pools:
@@ -155,15 +184,20 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     parser.add_argument("--conf", help="supervisord.conf holding [program:kcron-consumer]")
     parser.add_argument("--out", help="the file supervisord.conf includes")
     parser.add_argument("--names", action="store_true", help="print the expected process names")
+    parser.add_argument("--targets", action="store_true", help="print NAME PORT of each program")
     args = parser.parse_args(argv)
-    if not args.names and not (args.conf and args.out):
+    if not (args.names or args.targets) and not (args.conf and args.out):
         parser.print_usage(sys.stderr)
-        print("render-pools: --conf and --out, or --names", file=sys.stderr)
+        print("render-pools: --conf and --out, or --names, or --targets", file=sys.stderr)
         return EX_USAGE
+    env = os.environ if env is None else env
     try:
-        pools = parse_pools(os.environ if env is None else env)
+        pools = parse_pools(env)
         if args.names:
             print("\n".join(name for pool in pools for name in pool.process_names()))
+            return 0
+        if args.targets:
+            print("\n".join(targets(pools, env)))
             return 0
         text = render(pools, template_from(args.conf))
     except PoolError as exc:

@@ -13,6 +13,9 @@ export KCRON_RUN_DIR="${KCRON_RUN_DIR:-$PWD/run}"
 export KCRON_JOBS="${KCRON_JOBS:-$PWD/etc/jobs.cron}"
 export KCRON_PRODUCER="${KCRON_PRODUCER:-true}"
 export KCRON_QUEUES="${KCRON_QUEUES:-${KCRON_TOPIC:-kcron.jobs}=${KCRON_CONSUMERS:-2} cluster-a=1 cluster-b=1}"
+# Metrics on by default, on loopback: `curl 127.0.0.1:9400/metrics` (docs/monitoring.md).
+export KCRON_METRICS="${KCRON_METRICS:-true}"
+export KCRON_METRICS_ADDR="${KCRON_METRICS_ADDR:-127.0.0.1}"
 mkdir -p "$KCRON_RUN_DIR"
 
 if [ -S "$KCRON_RUN_DIR/supervisor.sock" ] && supervisorctl -c etc/supervisord.conf pid >/dev/null 2>&1; then
@@ -72,6 +75,10 @@ elif [ "$(id -u)" -eq 0 ]; then
     echo "jobs run as root (KCRON_ALLOW_ROOT_JOBS=true)" >&2
 fi
 echo "starting 1 producer + the consumer pools above on $KCRON_JOBS (Ctrl-C or 'make stop' to stop)" >&2
+case "$(printf '%s' "$KCRON_METRICS" | tr '[:upper:]' '[:lower:]')" in
+    false | no | off | 0) echo "metrics off (KCRON_METRICS)" >&2 ;;
+    *) echo "metrics: curl $KCRON_METRICS_ADDR:9400/metrics (producer); every port: python etc/render-pools.py --targets" >&2 ;;
+esac
 # As root (CI, dev containers), say so explicitly: it is what we mean, and it
 # spares the "Supervisor is running as root" CRIT line at every start.
 user_opt=()

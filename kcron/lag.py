@@ -32,8 +32,11 @@ class GroupsPort(Protocol):
     def watermarks(self, topic: str) -> Watermarks: ...
 
 
-def group_for(queue: str) -> str:
-    """The workers' group of ``queue``, as Settings.consumer_group names it."""
+def group_for(queue: str, group: str | None = None) -> str:
+    """The workers' group of ``queue``, as Settings.consumer_group names it
+    (``group``: --group, when the deployment sets one)."""
+    if group:
+        return group
     return DEFAULT_GROUP if queue == DEFAULT_TOPIC else f"{DEFAULT_GROUP}-{queue}"
 
 
@@ -54,10 +57,11 @@ class QueueReader:
     at debug level, and its metric left out (None)."""
 
     port: GroupsPort
+    group: str | None = None  # --group, when set
     _failing: set[str] = field(default_factory=set)
 
     def read(self, queue: str) -> tuple[int | None, int | None]:
-        group = group_for(queue)
+        group = group_for(queue, self.group)
         members = self._ask("describe consumer groups", queue, lambda: self.port.members(group))
         behind = self._ask(
             "consumer group offsets and watermarks",

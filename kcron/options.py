@@ -156,6 +156,15 @@ class MetricsPort(click.ParamType[int, Any]):
 
 def metrics_options(func: F) -> F:
     func = setting(
+        "--metrics/--no-metrics",
+        field="metrics",
+        env="METRICS",
+        default=None,
+        help="Whether a given --metrics-port is served (false turns off the ports that "
+        "supervisord and the image pass).",
+        default_text="true",
+    )(func)
+    func = setting(
         "--broker-probe-interval",
         field="broker_probe_interval_s",
         env="BROKER_PROBE_INTERVAL",

@@ -100,7 +100,7 @@ class Probe:
     def _run(self) -> None:
         try:
             self._admin = self._admin or GroupAdmin(self._settings)
-            self._reader = QueueReader(self._admin)
+            self._reader = QueueReader(self._admin, self._settings.group)
             while not self._stop.is_set():
                 self.once()
                 self._stop.wait(self._settings.broker_probe_interval_s)

@@ -338,15 +338,15 @@ class _Observed:
         settings = self._settings
         self._jobs = jobs
         self.metrics.load(jobs, settings.topic)
-        if settings.metrics_port:
+        if settings.served_metrics_port:
             self.metrics.compute_times_in_background(jobs, now, settings.tz)
         return jobs
 
     def start(self, jobs: tuple[Job, ...], now: datetime) -> None:
         settings = self._settings
         self.loaded(jobs, now)
-        if settings.metrics_port:
-            self.metrics.serve(settings.metrics_port, settings.metrics_addr)
+        if settings.served_metrics_port:
+            self.metrics.serve(settings.served_metrics_port, settings.metrics_addr)
             self._probe = Probe(settings, self.metrics, self._queues).start()
 
     def _queues(self) -> Collection[str]:

@@ -88,6 +88,9 @@ class Settings:
     fetch_wait_max_ms: int = 100
     metrics_port: int | None = None  # serve Prometheus metrics here when set
     metrics_addr: str = "127.0.0.1"
+    # False (KCRON_METRICS=false) serves none even with a port: supervisord and
+    # the image always pass one (docs/monitoring.md).
+    metrics: bool = True
     # Distinct job names a worker labels its metrics with; later ones count as
     # "_other" (job names come from the messages, so they are not bounded).
     metrics_max_jobs: int = 500
@@ -181,6 +184,11 @@ class Settings:
         if self.group:
             return self.group
         return DEFAULT_GROUP if self.topic == DEFAULT_TOPIC else f"{DEFAULT_GROUP}-{self.topic}"
+
+    @property
+    def served_metrics_port(self) -> int | None:
+        """Where this process serves its metrics, or None."""
+        return self.metrics_port if self.metrics else None
 
     @property
     def tz(self) -> tzinfo:

@@ -139,8 +139,8 @@ class Worker:
 
     def _start(self) -> tuple[Loop, Releaser, Crew]:
         settings = self._settings
-        if settings.metrics_port:
-            self.metrics.serve(settings.metrics_port, settings.metrics_addr)
+        if settings.served_metrics_port:
+            self.metrics.serve(settings.served_metrics_port, settings.metrics_addr)
             from kcron.probe import Probe  # Kafka side, like the connector below
 
             self._probe = Probe(settings, self.metrics).start()

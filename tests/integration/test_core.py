@@ -303,6 +303,6 @@ def test_worker_metrics_count_runs_by_outcome(
         30, "four runs",
     )  # fmt: skip
     body = urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    assert 'kcron_runs_total{job="ok",outcome="succeeded"} 2.0' in body
-    assert 'kcron_runs_total{job="bad",outcome="failed"} 2.0' in body
-    assert "kcron_run_lateness_seconds_count 4.0" in body
+    assert f'kcron_runs_total{{kcron_job="ok",outcome="succeeded",queue="{topic}"}} 2.0' in body
+    assert f'kcron_runs_total{{kcron_job="bad",outcome="failed",queue="{topic}"}} 2.0' in body
+    assert f'kcron_run_lateness_seconds_count{{queue="{topic}"}} 4.0' in body

@@ -167,8 +167,10 @@ def test_supervisord_runs_one_group_per_pool_each_a_copy_of_the_default_section(
         for p in g.process_configs
     }
     default, queue_a = configs["kcron-consumer-00"], configs["kcron-consumer-cluster-a-01"]
-    assert default.command == "kcron consume"
-    assert queue_a.command == "kcron consume --topic cluster-a"
+    # Each process its own metrics port: 9401 + n, the first other pool 9501 + n.
+    assert default.command == "kcron consume --metrics-port 9401+0"
+    assert queue_a.command == "kcron consume --metrics-port 9501+1 --topic cluster-a"
+    assert configs["kcron-producer"].command == "kcron produce --jobs j --metrics-port 9400"
     # Every setting but the command is the default pool's: same stop timeout,
     # restart policy, priority (before the producer) and logs.
     for attr in ("stopwaitsecs", "stopsignal", "autorestart", "startsecs", "priority"):
@@ -194,6 +196,41 @@ def test_rendering_again_replaces_the_pools_of_the_last_start(
     code, out, _ = render(tmp_path, capsys)
     assert (code, out) == (0, "2\n")
     assert set(supervised(tmp_path, "2")) == {"kcron-consumer", "kcron-producer"}
+
+
+def test_targets_list_each_process_port_as_supervisord_passes_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    env = {"KCRON_QUEUES": "kcron.jobs=2 cluster-a=1 cluster-z=0 cluster-b=2"}
+    code, out, _ = render(tmp_path, capsys, **env)
+    assert code == 0
+    options = ServerOptions()
+    options.environ_expansions = {
+        "ENV_KCRON_RUN_DIR": str(tmp_path),
+        "ENV_KCRON_JOBS": "j",
+        "ENV_KCRON_PRODUCER": "true",
+        "ENV_KCRON_CONSUMERS": out.strip(),
+    }
+    passed = {
+        # "--metrics-port 9501+1": kcron adds it up (tests/unit/test_cli.py)
+        p.name: str(sum(map(int, p.command.split("--metrics-port ")[1].split()[0].split("+"))))
+        for g in options.read_config(str(CONF)).process_group_configs
+        for p in g.process_configs
+    }
+    assert pools.main(["--targets"], env=env) == 0
+    listed = dict(line.split() for line in capsys.readouterr().out.splitlines())
+    assert listed == passed
+    assert listed == {
+        "kcron-producer": "9400",
+        "kcron-consumer-00": "9401",
+        "kcron-consumer-01": "9402",
+        "kcron-consumer-cluster-a-00": "9501",
+        # cluster-z=0 still holds its hundred: adding a worker to it moves no other port
+        "kcron-consumer-cluster-b-00": "9701",
+        "kcron-consumer-cluster-b-01": "9702",
+    }
+    assert pools.main(["--targets"], env={**env, "KCRON_PRODUCER": "false"}) == 0
+    assert "kcron-producer" not in capsys.readouterr().out
 
 
 def test_usage_without_arguments_is_exit_64(capsys: pytest.CaptureFixture[str]) -> None:
