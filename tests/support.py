@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tools.brokers import BrokerInfo
 from tools.harness import REPO, Process, kcron_argv
@@ -81,3 +85,14 @@ def worker(
     )
     procs.append(proc)
     return proc
+
+
+def debian_tool(name: str) -> str:
+    """The path of a binary of Debian's prometheus package: a failure under CI
+    (.ci/run installs it), a skip elsewhere."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"{name} is missing in CI (apt-get install prometheus)")
+        pytest.skip(f"{name} is not installed (Debian package prometheus)")
+    return found

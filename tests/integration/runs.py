@@ -4,16 +4,23 @@ follow runs through the workers' JSON logs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import pytest
 from confluent_kafka import Message, Producer
 
 from kcron import deadletter, kafka, retry
+from kcron.broker import EmbeddedBroker, binary_path, free_port
+from kcron.errors import BrokerError
 from kcron.message import RunMessage, new_run_id
 from kcron.retry import DeadLetter, Source
 from kcron.settings import Settings
@@ -147,3 +154,19 @@ def later(seconds: float) -> datetime:
 
 def dump(obj: Any) -> str:
     return json.dumps(obj, indent=1, default=str)[:3000]
+
+
+@contextlib.contextmanager
+def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
+    """A broker of the test's own, to freeze (SIGSTOP): never the shared one. SIGCONT always."""
+    try:
+        binary_path()
+    except BrokerError as exc:  # the dev extra is missing: no process to freeze
+        pytest.skip(str(exc))
+    with open(tmp_path / "broker.log", "wb") as log, EmbeddedBroker(port=free_port(), log=log) as b:
+        try:
+            yield b
+        finally:
+            assert b.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(b.process.pid, signal.SIGCONT)

@@ -21,27 +21,23 @@ went pending or firing.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 import signal
 import time
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from kcron.broker import EmbeddedBroker, binary_path, free_port
-from kcron.errors import BrokerError
+from kcron.broker import free_port
 from tests.conftest import Broker
-from tests.integration.runs import produce
-from tests.support import REPO, Kcron, backfill, kcron_env
+from tests.integration.runs import own_broker, produce
+from tests.support import REPO, Kcron, backfill, debian_tool, kcron_env
 from tools.harness import Process
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
@@ -64,12 +60,7 @@ JOBS = "name=always-fails * * * * * false\nname=fine * * * * * true\n"
 
 
 def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("prometheus is missing in CI (apt-get install prometheus)")
-        pytest.skip("prometheus is not installed (Debian package prometheus)")
-    return found
+    return debian_tool("prometheus")
 
 
 class Prometheus:
@@ -163,25 +154,6 @@ def start(procs: list[Kcron], tmp_path: Path, bootstrap: str, topic: str, *args:
     proc = Kcron(list(args), kcron_env(bootstrap, topic, KCRON_PARTITIONS="2"), log)
     procs.append(proc)
     return proc
-
-
-@contextlib.contextmanager
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own, to freeze: never the shared one. SIGCONT always."""
-    try:
-        binary_path()
-    except BrokerError as exc:  # the dev extra is missing: no process to freeze
-        pytest.skip(str(exc))
-    with (
-        open(tmp_path / "own-broker.log", "wb") as log,
-        EmbeddedBroker(port=free_port(), log=log) as embedded,
-    ):
-        try:
-            yield embedded
-        finally:
-            assert embedded.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(embedded.process.pid, signal.SIGCONT)
 
 
 def check_dashboard(prom: Prometheus) -> dict[str, int]:

@@ -8,14 +8,12 @@ is work in flight whenever a consumer is stopped.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,11 +22,9 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from kcron.broker import EmbeddedBroker, binary_path, free_port
-from kcron.errors import BrokerError
 from kcron.message import RunMessage
 from tests.conftest import Broker
-from tests.integration.runs import a_run, create_topics, records, ts
+from tests.integration.runs import a_run, create_topics, own_broker, records, ts
 from tests.support import Kcron, kcron_env, read_lines
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -219,22 +215,6 @@ def test_r2_sigterm_loses_nothing_and_doubles_nothing(
     assert figures["kills"] >= 5
     assert figures["lost"] == 0
     assert figures["duplicated"] == 0
-
-
-@contextlib.contextmanager
-def own_broker(tmp_path: Path) -> Iterator[EmbeddedBroker]:
-    """A broker of this test's own: R4 freezes it, which would stall every other test."""
-    try:
-        binary_path()
-    except BrokerError as exc:  # the dev extra is missing: no process to freeze
-        pytest.skip(str(exc))
-    with open(tmp_path / "broker.log", "wb") as log, EmbeddedBroker(port=free_port(), log=log) as b:
-        try:
-            yield b
-        finally:
-            assert b.process is not None
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(b.process.pid, signal.SIGCONT)
 
 
 FREEZE_S = 30.0

@@ -7,15 +7,15 @@ these tests skip, except under CI (``CI=true``), where a missing promtool fails.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
+
+from tests.support import debian_tool
 
 REPO = Path(__file__).resolve().parents[2]
 PROM = REPO / "etc" / "prometheus"
@@ -41,12 +41,7 @@ DRILLS = {
 
 
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("promtool is missing in CI (apt-get install prometheus)")
-        pytest.skip("promtool is not installed (Debian package prometheus)")
-    return found
+    return debian_tool("promtool")
 
 
 def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
