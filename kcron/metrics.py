@@ -32,6 +32,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from kcron import __version__
+from kcron.errors import ConfigError
 from kcron.jobfile import Job
 from kcron.jobtimes import JobTimes
 from kcron.log import fields
@@ -51,6 +52,18 @@ _LOADED_HELP = "When this producer process first loaded the job."
 _INTERVAL_HELP = "Longest gap between consecutive runs among the job's next 64."
 _NEXT_HELP = "When the job is next due."
 REFUSALS = tuple(v for k, v in vars(Refusal).items() if k.isupper() and isinstance(v, str))
+
+
+@contextlib.contextmanager
+def _listening(port: int, addr: str) -> Iterator[None]:
+    """A port that cannot be bound is a setting to fix, said as such (exit 78)."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {addr}:{port}: {exc.strerror or exc}; another "
+            "process holds it? (--metrics-port, KCRON_METRICS_PORT_OFFSET, KCRON_METRICS=false)"
+        ) from exc
 
 
 class ProcessMetrics:
@@ -79,7 +92,8 @@ class ProcessMetrics:
             self.broker_last_seen.set(now)
 
     def serve(self, port: int, addr: str) -> None:
-        start_http_server(port, addr=addr, registry=self.registry)
+        with _listening(port, addr):
+            start_http_server(port, addr=addr, registry=self.registry)
 
 
 class _JobSeries(Collector):
@@ -270,7 +284,8 @@ class ProducerMetrics(ProcessMetrics):
             start_response("200 OK", [("Content-Type", CONTENT_TYPE_LATEST)])
             return [body]
 
-        server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_Quiet)
+        with _listening(port, addr):
+            server = make_server(addr, port, app, ThreadingWSGIServer, handler_class=_Quiet)
         threading.Thread(target=server.serve_forever, name="kcron-metrics", daemon=True).start()
 
     def set_active(self, active: bool) -> None:

@@ -175,6 +175,13 @@ def metrics_options(func: F) -> F:
         help="Seconds between broker probes (kcron_broker_up; the producer's queue lag).",
     )(func)
     func = setting(
+        "--metrics-port-offset",
+        field="metrics_port_offset",
+        env="METRICS_PORT_OFFSET",
+        type=click.IntRange(0, 65534),
+        help="Added to --metrics-port: keeps kcron nodes sharing one host network apart.",
+    )(func)
+    func = setting(
         "--metrics-addr",
         field="metrics_addr",
         env="METRICS_ADDR",

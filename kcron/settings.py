@@ -88,6 +88,9 @@ class Settings:
     # wait, so keep it short enough not to delay a run that lands while idle.
     fetch_wait_max_ms: int = 100
     metrics_port: int | None = None  # serve Prometheus metrics here when set
+    # Added to metrics_port: several kcron nodes sharing one network namespace
+    # (host networking) keep their fixed port plans apart.
+    metrics_port_offset: int = 0
     metrics_addr: str = "127.0.0.1"
     # False (KCRON_METRICS=false) serves none even with a port: supervisord and
     # the image always pass one (docs/monitoring.md).
@@ -174,6 +177,9 @@ class Settings:
             problems.append("retry base must be > 0 and at most the retry cap")
         if self.max_run_age_s is not None and self.max_run_age_s < 1:
             problems.append("max run age must be at least 1 second")
+        port = (self.metrics_port or 1) + self.metrics_port_offset
+        if not 1 <= port <= 65535:
+            problems.append("metrics port plus its offset must be between 1 and 65535")
         if not 0 <= self.dispatch_ahead_s <= 30:
             problems.append("dispatch-ahead must be between 0 and 30 seconds")
         return problems
@@ -193,7 +199,9 @@ class Settings:
     @property
     def served_metrics_port(self) -> int | None:
         """Where this process serves its metrics, or None."""
-        return self.metrics_port if self.metrics else None
+        if not self.metrics or self.metrics_port is None:
+            return None
+        return self.metrics_port + self.metrics_port_offset
 
     @property
     def tz(self) -> tzinfo:

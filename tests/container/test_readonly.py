@@ -48,6 +48,8 @@ def read_only_container(
         "KCRON_TOPIC": topic,
         "KCRON_CONSUMERS": "1",
         "KCRON_SESSION_TIMEOUT_MS": "6000",
+        # Host networking: metrics ports clear of the compose project's.
+        "KCRON_METRICS_PORT_OFFSET": "5000",
     }.items():
         argv += ["-e", f"{key}={value}"]
     run([*argv, "-v", f"{jobs}:/etc/kcron/jobs.cron:ro", kcron_image])
