@@ -35,6 +35,7 @@ PURE = {
     "kcron.cli_dlq",
     "kcron.topics",
     "kcron.events",
+    "kcron.placement",
     "kcron.history",
     "kcron.cli_runs",
     "kcron.metrics",
