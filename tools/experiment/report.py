@@ -345,17 +345,15 @@ def _tables(rows: Sequence[Row], chart: str | None) -> list[str]:
 _NOTES = [
     "## Notes",
     "",
-    "- Runs spread because kcron places each one (kcron/placement.py): the runs due at one "
-    "instant go round robin over the partitions from a start hashed from the topic and the "
-    "instant; these runs are due one a minute, so each lands where its minute's hash puts it "
-    "and each partition gets about 1/P of them. The key stays a fresh UUID per run. A "
-    "per-job key would send every run of a job to one partition, so one worker would run "
-    "that job forever, and the others none of it.",
+    "- Runs spread because the key is a fresh UUID per run: the producer's partitioner hashes "
+    "it (librdkafka's default `consistent_random` uses CRC32; Java clients use murmur2), so "
+    "each partition gets about 1/P of the runs. A per-job key would send every run of a job "
+    "to one partition, so one worker would run that job forever, and the others none of it.",
     "- Within a group a partition has exactly one owner, so workers beyond the partition count "
     "are idle standbys, and a worker with two partitions does the work of two.",
     "- Adding partitions to a live topic (`kafka-topics --alter --partitions N`): the group "
     "rebalances and the new partitions get a share of the runs sent afterwards. Runs already "
-    "queued stay where they are. With per-run placement nothing else changes; with per-job keys a "
+    "queued stay where they are. With UUID keys nothing else changes; with per-job keys a "
     "job would move to another partition, so its next run could start before the previous "
     "one, still queued on the old partition, has run. Kafka cannot remove partitions.",
 ]
