@@ -3,8 +3,7 @@
 ``TransactionalDispatcher`` is the producer service's: one tick's runs and
 the jobs' dispatch state in one transaction. ``Dispatcher`` writes outside
 any transaction, for ``kcron backfill``. Both send each run to its job's
-queue (queue= in the job file), else to the default topic, and spread the
-runs due at one instant evenly over that topic's partitions (kcron/placement.py).
+queue (queue= in the job file), else to the default topic.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -23,7 +22,6 @@ from kcron.errors import BrokerError, FencedError
 from kcron.log import fields
 from kcron.message import RunMessage, format_time, new_run_id
 from kcron.metrics import ProducerMetrics
-from kcron.placement import Counts, Placement
 from kcron.schedule import Run
 from kcron.settings import Settings
 from kcron.telemetry import start_tracing
@@ -74,78 +72,6 @@ def build_message(
     )
 
 
-class PartitionCounts:
-    """Each topic's partition count from the cluster's metadata, cached for ``max_age_s``.
-
-    Partitions are only ever added: a count too low for a while (a topic grown
-    with kafka-topics --alter) leaves the new partitions out of the spread
-    until it is asked again. A count too high only comes from a topic deleted
-    and made again: ``forget`` after an unknown-partition error asks at once.
-    None while the count is unknown: the run's key picks the partition, as it
-    always did.
-    """
-
-    def __init__(
-        self,
-        producer: Producer,
-        timeout_s: float = 5.0,
-        max_age_s: float = 300.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._producer = producer
-        self._timeout_s = timeout_s
-        self._max_age_s = max_age_s
-        self._monotonic = monotonic
-        self._known: dict[str, tuple[int, float]] = {}
-
-    def __call__(self, topic: str) -> int | None:
-        now = self._monotonic()
-        known = self._known.get(topic)
-        if known is not None and now - known[1] < self._max_age_s:
-            return known[0]
-        try:
-            meta = self._producer.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
-        except KafkaException:
-            return known[0] if known is not None else None
-        if meta is None or meta.error is not None or not meta.partitions:
-            return None
-        self._known[topic] = (len(meta.partitions), now)
-        return len(meta.partitions)
-
-    def forget(self, topic: str | None = None) -> None:
-        if topic is None:
-            self._known.clear()
-        else:
-            self._known.pop(topic, None)
-
-
-def _unknown_partition(err: KafkaError | None) -> bool:
-    return err is not None and err.code() == KafkaError._UNKNOWN_PARTITION
-
-
-def _forget(counts: Counts | None, topic: str | None = None) -> None:
-    if isinstance(counts, PartitionCounts):
-        counts.forget(topic)
-
-
-def _produce(
-    producer: PlainProducer,
-    topic: str,
-    msg: RunMessage,
-    value: bytes,
-    on_delivery: DeliveryReport,
-    headers: Headers | None,
-    partition: int | None,
-) -> None:
-    """One run's produce; without a partition or headers, the call as it always was."""
-    extra: dict[str, Any] = {}
-    if headers is not None:
-        extra["headers"] = headers
-    if partition is not None:
-        extra["partition"] = partition
-    producer.produce(topic, key=msg.key, value=value, on_delivery=on_delivery, **extra)
-
-
 class PlainProducer(Protocol):
     """The part of a confluent_kafka Producer a plain dispatcher uses."""
 
@@ -157,7 +83,6 @@ class PlainProducer(Protocol):
         value: bytes,
         on_delivery: Callable[..., None] | None,
         headers: Headers | None = ...,
-        partition: int = ...,
     ) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
@@ -187,15 +112,12 @@ class Dispatcher:
         metrics: ProducerMetrics,
         keys: signing.KeySet | None = None,
         tracer: Tracer = NO_TRACING,
-        counts: Counts | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._metrics = metrics
         self._keys = keys  # signs every run when set (docs/security.md)
         self._tracer = tracer
-        self._counts = counts  # None: every run's partition is its key's
-        self._placement = Placement(counts or (lambda _topic: None))
         self.failed = 0
 
     @classmethod
@@ -204,20 +126,17 @@ class Dispatcher:
         keys = signing.load_optional(settings.signing_key_file)
         producer = Producer(kafka.producer_config(settings))
         tracer = start_tracing(settings.tracing, "kcron-producer")
-        return cls(producer, settings.topic, metrics, keys, tracer, PartitionCounts(producer))
+        return cls(producer, settings.topic, metrics, keys, tracer)
 
     def send(self, run: Run, now: datetime, trigger: str | None = None) -> RunMessage:
         msg = build_message(run, now, self._topic, trigger)
         topic = msg.queue or self._topic
         trace = self._tracer.dispatch([msg])
-        partition = self._placement.choose(topic, msg)
 
         def on_delivery(err: KafkaError | None, _record: Message) -> None:
             trace.end(None if err is None else str(err))
             if err is None:
                 return
-            if _unknown_partition(err):
-                _forget(self._counts, topic)
             self.failed += 1
             self._metrics.delivery_failed(msg.job, topic)
             log.error(
@@ -233,9 +152,7 @@ class Dispatcher:
 
         value = signing.encode_run(msg, self._keys)
         headers = trace.headers(msg.id)
-        kafka.produce_patiently(
-            self._producer, topic, msg.key, value, on_delivery, headers, partition=partition
-        )
+        kafka.produce_patiently(self._producer, topic, msg.key, value, on_delivery, headers)
         return msg
 
     def flush(self, timeout: float = FLUSH_TIMEOUT_S) -> int:
@@ -297,13 +214,10 @@ class TransactionalDispatcher:
         sleep: Callable[[float], None] = time.sleep,
         keys: signing.KeySet | None = None,
         tracer: Tracer = NO_TRACING,
-        counts: Counts | None = None,
     ) -> None:
         self._producer = producer
         self._topic = topic
         self._tracer = tracer
-        self._counts = counts  # None: every run's partition is its key's
-        self._placement = Placement(counts or (lambda _topic: None))
         self._producer_id = producer_id
         self._state_topic = state_topic
         self._metrics = metrics
@@ -331,10 +245,7 @@ class TransactionalDispatcher:
         producer = Producer(config)
         # Its own tracer (off unless OTEL_* turned it on), one per take-over: close ends it.
         tracer = start_tracing(settings.tracing, "kcron-producer")
-        return cls(
-            producer, settings.topic, producer_id, state_topic, metrics, sleep, keys, tracer,
-            PartitionCounts(producer),
-        )  # fmt: skip
+        return cls(producer, settings.topic, producer_id, state_topic, metrics, sleep, keys, tracer)
 
     def dispatch(
         self, runs: Sequence[Run], now: datetime, interrupted: Callable[[], bool] = _never
@@ -405,10 +316,13 @@ class TransactionalDispatcher:
         for msg in messages:
             topic = msg.queue or self._topic
             value = signing.encode_run(msg, self._keys)
-            partition = self._placement.choose(topic, msg)
-            _produce(
-                producer, topic, msg, value, reporter(msg.id), trace.headers(msg.id), partition
-            )
+            headers = trace.headers(msg.id)
+            if headers is None:  # tracing off: the call as it always was
+                producer.produce(topic, key=msg.key, value=value, on_delivery=reporter(msg.id))
+            else:
+                producer.produce(
+                    topic, key=msg.key, value=value, on_delivery=reporter(msg.id), headers=headers
+                )
         for job_name, when in last.items():
             producer.produce(
                 self._state_topic,
@@ -429,8 +343,6 @@ class TransactionalDispatcher:
                 "another producer with the same producer id took over "
                 f"({err.str()}); this one stops dispatching"
             ) from None
-        if _unknown_partition(err):  # a topic made again with fewer partitions
-            _forget(self._counts)
         if err.txn_requires_abort():
             with contextlib.suppress(KafkaException):
                 self._producer.abort_transaction(TXN_TIMEOUT_S)

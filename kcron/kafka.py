@@ -319,7 +319,6 @@ class Producing(Protocol):
         value: bytes,
         on_delivery: Callable[..., None],
         headers: list[tuple[str, str | bytes | None]] | None = ...,
-        partition: int = ...,
     ) -> None: ...
 
     def poll(self, timeout: float) -> int: ...
@@ -334,7 +333,6 @@ def produce_patiently(
     headers: list[tuple[str, str | bytes | None]] | None = None,
     *,
     serve: bool = True,
-    partition: int | None = None,
 ) -> None:
     """produce(), waiting out a full local queue (broker slow or down): never drop.
 
@@ -345,12 +343,7 @@ def produce_patiently(
     """
     while True:
         try:
-            if partition is not None:  # chosen by kcron/placement.py
-                producer.produce(
-                    topic, key=key, value=value, on_delivery=on_delivery, headers=headers,
-                    partition=partition,
-                )  # fmt: skip
-            elif headers is None:  # tracing off: the call as it always was
+            if headers is None:  # tracing off: the call as it always was
                 producer.produce(topic, key=key, value=value, on_delivery=on_delivery)
             else:
                 producer.produce(

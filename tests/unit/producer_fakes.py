@@ -178,7 +178,6 @@ class FakeTxnProducer:
         self.calls: list[str] = []
         self.open: list[tuple[str, bytes, bytes]] = []
         self.headers: list[Any] = []  # each produce's headers (None: none given)
-        self.partitions: list[int | None] = []  # each produce's partition (None: the key's)
         self.committed: list[list[tuple[str, bytes, bytes]]] = []
         self.aborted = 0
         self.fail_commits: list[KafkaException] = []
@@ -202,11 +201,9 @@ class FakeTxnProducer:
         key: Any = None,
         on_delivery: Any = None,
         headers: Any = None,
-        partition: int | None = None,
     ) -> None:
         self.calls.append(f"produce {topic}")
         self.headers.append(headers)
-        self.partitions.append(partition)
         raw_key = key.encode() if isinstance(key, str) else key
         self.open.append((topic, raw_key, value or b""))
         if on_delivery is not None:

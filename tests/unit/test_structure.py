@@ -35,7 +35,6 @@ PURE = {
     "kcron.cli_dlq",
     "kcron.topics",
     "kcron.events",
-    "kcron.placement",
     "kcron.history",
     "kcron.cli_runs",
     "kcron.metrics",
