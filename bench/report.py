@@ -256,6 +256,32 @@ def _md_p3(results: dict[str, Any]) -> list[str]:
     return out
 
 
+def tracing_line(results: dict[str, Any]) -> str | None:
+    """ "tracing off: N ns per run (7 hooks) vs 0": bench/tracing_cost.py's figure."""
+    t = results.get("tracing")
+    if not t:
+        return None
+    return (
+        f"tracing off: {t['cost_off_ns']:.0f} ns per run ({t['hooks']} hook calls, "
+        f"{t['off_ns']:.0f} ns with the loop) vs 0 without hooks "
+        f"({t['no_hooks_ns']:.0f} ns; best of {t['repeat']} rounds of {t['runs']:,} runs)"
+    )
+
+
+def _md_tracing(results: dict[str, Any]) -> list[str]:
+    line = tracing_line(results)
+    if line is None:
+        return []
+    return [
+        "## Tracing overhead",
+        "",
+        f"**{line}**. The bench sets no `OTEL_*` variable, so every figure above is "
+        "measured with tracing off; this is what its hooks cost each run then "
+        "(`python -m bench.tracing_cost` adds the cost with tracing on).",
+        "",
+    ]
+
+
 def _md_p4(results: dict[str, Any]) -> list[str]:
     out: list[str] = []
     p4 = results.get("p4")
@@ -287,7 +313,8 @@ def _md_p4(results: dict[str, Any]) -> list[str]:
 
 
 def markdown(results: dict[str, Any], chart: str | None) -> str:
-    out = [*_md_header(results), *_md_latency(results), *_md_p3(results), *_md_p4(results)]
+    out = [*_md_header(results), *_md_latency(results), *_md_p3(results)]
+    out += [*_md_tracing(results), *_md_p4(results)]
     out += ["## Targets", "", "| target | measured (median) | met |", "|---|---|---|"]
     for row in results["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[row["met"]]
@@ -349,6 +376,12 @@ def readme_table(results: dict[str, Any]) -> str:
                 f"< 5 % | {yes(*[t for t in met if t.startswith('Metrics')])}: "
                 f"{pct(p3['metrics_cost'])} |"
             )
+    tracing = results.get("tracing")
+    if tracing:
+        rows.append(
+            f"| **Overhead**: tracing off, per run ({tracing['hooks']} hook calls) | "
+            f"{tracing['cost_off_ns']:.0f} ns | | | |"
+        )
     p4 = results.get("p4")
     if p4:
         rows.append(

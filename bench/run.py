@@ -40,7 +40,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import precision, report, scale, throughput
+from bench import precision, report, scale, throughput, tracing_cost
 from bench.common import (
     RESULTS,
     BenchError,
@@ -212,6 +212,7 @@ class Bench:
             if args.only & {"p1", "p2"}:
                 cron = stack.enter_context(SystemCron(self.bench_id))
                 self.results["cron_version"] = cron.version
+            self.guarded("tracing cost", self._tracing_cost)  # seconds, before any load
             broker = Broker(self.workdir)  # P1/P2 and the P4 producers (own topics)
             stack.callback(broker.stop)
             self.env = Env(broker.bootstrap, tuple(args.kcron_env.items()))
@@ -223,6 +224,13 @@ class Bench:
                 self.guarded("P4 producer", partial(self._p4_finish, producer))
             self._collect()
         return self.results
+
+    def _tracing_cost(self) -> None:
+        """What the tracing hooks cost a run with tracing off (the bench sets no OTEL_*)."""
+        runs = 50_000 if self.args.quick else 200_000
+        row = tracing_cost.measure(runs, 3 if self.args.quick else 5)
+        say(f"tracing off: {row['cost_off_ns']:.0f} ns per run ({row['hooks']} hook calls)")
+        self.results["tracing"] = row
 
     def _kcron(
         self, workdir: Path, env: Env, jobs: Path, name: str, metrics: bool | None = None

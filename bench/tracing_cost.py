@@ -76,6 +76,25 @@ def sdk_tracer() -> Tracer:
     return OtelTracing(TracerProvider())  # spans made and ended, no processor exports them
 
 
+def measure(runs: int = 200_000, repeat: int = 5) -> dict[str, float]:
+    """The bench's step (bench/run.py, seconds): tracing-off hooks against no hooks.
+
+    Best of ``repeat`` rounds each, interleaved, so a busy moment hits both alike.
+    """
+    without, off = [], []
+    for _ in range(repeat):
+        without.append(bare(NO_TRACING, runs) / runs)
+        off.append(hooks(NO_TRACING, runs) / runs)
+    return {
+        "runs": runs,
+        "repeat": repeat,
+        "hooks": 7,
+        "no_hooks_ns": min(without),
+        "off_ns": min(off),
+        "cost_off_ns": min(off) - min(without),
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200_000)

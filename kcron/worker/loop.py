@@ -40,6 +40,7 @@ from kcron.retry import retry_topic
 from kcron.settings import Settings
 from kcron.telemetry import start_tracing
 from kcron.tracing import NO_TRACING, Tracer
+from kcron.worker.courier import Courier, ThreadCourier
 from kcron.worker.guard import Guard
 from kcron.worker.hold import MAX_HOLD, HoldQueue, max_backoff_hold
 from kcron.worker.overlap import held_for_quiet, running_run, skip
@@ -73,8 +74,10 @@ class Worker:
         monotonic: Callable[[], float] = time.monotonic,
         run_as: Credentials | None = None,
         tracer: Tracer | None = None,
+        courier: Courier | None = None,
     ) -> None:
         self._settings = settings
+        self._courier = courier  # run events' thread; None: a ThreadCourier of its own
         # Off (no-op hooks, no opentelemetry loaded) unless OTEL_* turned it on.
         self._tracer = tracer or start_tracing(settings.tracing, "kcron-worker")
         self._run_as = run_as  # whom jobs run as (kcron/runas.py); None: this process's user
@@ -139,6 +142,7 @@ class Worker:
                 self._probe.stop()
             crew.consumer.close()
             crew.pool.close()
+            self._courier_of().close()
         if halted_by is not None:
             return 128 + halted_by
         log.info("worker stopped", extra=fields(executed=self.executed))
@@ -169,8 +173,9 @@ class Worker:
         hooks = Hooks(parts.owns, lambda: parts.generation, finish, events.put)
         keys = self._guard.keys
         settler = Settler(
-            settings, producer, hooks, self.metrics, self._clock, self._rng, keys, self._tracer
-        )
+            settings, producer, hooks, self.metrics, self._clock, self._rng, keys, self._tracer,
+            self._courier_of(),
+        )  # fmt: skip
         self._settler = settler
         pool = self._make_pool(events.put, events.put)
         crew = Crew(settings, consumer, producer, settler, pool, parts, HoldQueue(), self._killed)
@@ -185,6 +190,11 @@ class Worker:
                 extra=fields(topic=settings.topic),
             )
         return loop, self._releaser, crew
+
+    def _courier_of(self) -> Courier:
+        if self._courier is None:
+            self._courier = ThreadCourier()
+        return self._courier
 
     def _watch_load(self, crew: Crew) -> None:
         """Gauges read at scrape time, from the metrics server's thread: lengths only."""

@@ -8,7 +8,10 @@ uncommitted, so it is delivered again (at-least-once).
 Its run events (``started``, ``finished`` on ``<queue>.events``, kcron/events.py)
 follow the same discipline: the offset waits for their delivery reports too,
 so a committed run always has its history, and an event that is not
-delivered leaves the run uncommitted.
+delivered leaves the run uncommitted. The loop's thread books each event in
+the ledger; building, encoding and producing it happen on the courier's
+thread (kcron/worker/courier.py), whose reports come back through the loop's
+queue like every other.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from kcron.message import Attempt, RunMessage, format_time
 from kcron.metrics import WorkerMetrics
 from kcron.settings import Settings
 from kcron.tracing import NO_TRACING, Tracer
-from kcron.worker.port import Headers, PartitionKey, ProducerPort, Record
+from kcron.worker.courier import Courier, InlineCourier
+from kcron.worker.port import DeliveryCallback, Headers, PartitionKey, ProducerPort, Record
 from kcron.worker.runner import Done, Job, Started, ms
 
 log = logging.getLogger("kcron.worker")
@@ -119,6 +123,67 @@ def _finish(done: Done, step: str, retry_at: datetime | None, now: datetime) -> 
     )
 
 
+def _started_event(event: Started, queue: str, worker: str) -> Callable[[], bytes]:
+    """The ``started`` record, to build on the courier's thread."""
+    job = event.job
+
+    def build() -> bytes:
+        return events.encode(
+            events.started(
+                job.run, queue=queue, worker=worker, partition=job.partition, offset=job.offset,
+                started_at=event.started_at, lateness_ms=event.lateness_ms,
+            )
+        )  # fmt: skip
+
+    return build
+
+
+def _finished_event(
+    done: Done, step: str, now: datetime, retry_at: datetime | None, queue: str, worker: str
+) -> Callable[[], bytes]:
+    """The ``finished`` record, to build on the courier's thread."""
+
+    def build() -> bytes:
+        finish = _finish(done, step, retry_at, now)
+        return events.encode(
+            events.finished(done.job.run, queue=queue, worker=worker, finish=finish)
+        )
+
+    return build
+
+
+def _reporter(
+    report: Callable[[Delivered], None], slot: Slot, topic: str, job: str
+) -> DeliveryCallback:
+    key, offset, generation = slot
+
+    def on_delivery(error: str | None) -> None:
+        # Served by whichever thread polls the producer; only queued here,
+        # so the ledger and offsets are only ever touched by the loop.
+        report(Delivered(key, offset, topic, job, error, generation))
+
+    return on_delivery
+
+
+def _event_work(
+    producer: ProducerPort,
+    topic: str,
+    key: bytes | None,
+    build: Callable[[], bytes],
+    on_delivery: DeliveryCallback,
+) -> Callable[[], None]:
+    """Build and produce one run event, on the courier's thread: only immutable
+    run data goes in; any failure is reported like an undelivered record."""
+
+    def work() -> None:
+        try:
+            producer.produce(topic, key, build(), on_delivery)
+        except Exception as exc:  # e.g. a bug in building the record: never a silent commit
+            on_delivery(f"run event not produced: {exc!r}")
+
+    return work
+
+
 def _log_retry(
     nxt: RunMessage, decision: retry.Decision, result: executor.ExecResult, queue: str
 ) -> None:
@@ -150,8 +215,10 @@ class Settler:
         rng: random.Random,
         keys: signing.KeySet | None = None,
         tracer: Tracer = NO_TRACING,
+        courier: Courier | None = None,
     ) -> None:
         self._settings = settings
+        self._courier = courier or InlineCourier()  # where run events are built and produced
         self._tracer = tracer
         self._keys = keys  # re-signs retries: the next attempt is a new message
         self._producer = producer
@@ -176,28 +243,24 @@ class Settler:
         self._tracer.started(event)
         if not self._hooks.owns(job.partition, job.generation):
             return
-        record = events.started(
-            job.run,
-            queue=job.run.queue or self._settings.topic,
-            worker=self._settings.instance,
-            partition=job.partition,
-            offset=job.offset,
-            started_at=event.started_at,
-            lateness_ms=event.lateness_ms,
-        )
-        self._send(job, self.events_topic, events.encode(record))
+        queue = job.run.queue or self._settings.topic
+        self._send_event(job, _started_event(event, queue, self._settings.instance))
 
     def _record(
         self, done: Done, step: str, now: datetime, retry_at: datetime | None = None
     ) -> None:
-        run = done.job.run
-        record = events.finished(
-            run,
-            queue=run.queue or self._settings.topic,
-            worker=self._settings.instance,
-            finish=_finish(done, step, retry_at, now),
+        queue = done.job.run.queue or self._settings.topic
+        build = _finished_event(done, step, now, retry_at, queue, self._settings.instance)
+        self._send_event(done.job, build)
+
+    def _send_event(self, job: Job, build: Callable[[], bytes]) -> None:
+        """Book the event for the run's offset here, on the loop; the courier does the rest."""
+        slot = (job.partition, job.offset, job.generation)
+        on_delivery = _reporter(self._hooks.report, slot, self.events_topic, job.run.job)
+        self._ledger.sent(slot)
+        self._courier.post(
+            _event_work(self._producer, self.events_topic, job.run.key, build, on_delivery)
         )
-        self._send(done.job, self.events_topic, events.encode(record))
 
     def settle(self, done: Done) -> None:
         result, job = done.result, done.job
@@ -344,13 +407,7 @@ class Settler:
     ) -> None:
         """Produce a record the run at ``slot`` waits for; its delivery report
         (through the loop's queue) decides whether to commit."""
-        key, offset, generation = slot
-
-        def on_delivery(error: str | None) -> None:
-            # Served by producer.poll/flush on the loop's thread; still queued,
-            # so offsets are only ever touched from one place.
-            self._hooks.report(Delivered(key, offset, topic, job, error, generation))
-
+        on_delivery = _reporter(self._hooks.report, slot, topic, job)
         self._ledger.sent(slot)
         if headers is None:  # tracing off: the call as it always was
             self._producer.produce(topic, record_key, value, on_delivery)
@@ -381,7 +438,9 @@ class Settler:
         )
 
     def flush(self, timeout_s: float) -> None:
-        """Wait for pending retries and dead letters, so their runs can be committed."""
+        """Wait for pending retries, dead letters and events, so their runs can be committed."""
+        if not self._courier.drain(timeout_s):
+            log.error("run events still being written; their runs stay uncommitted")
         if self._producer.pending():
             left = self._producer.flush(timeout_s)
             if left:

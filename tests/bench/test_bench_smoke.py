@@ -78,10 +78,13 @@ def test_bench_quick_writes_results(tmp_path: Path) -> None:
         assert row["delivered"] == row["due"], row
     assert _number(results["p4"]["last_delivered_s"]["median"])
     assert results["machine"]["cores"] and results["machine"]["python"]
+    # Tracing off (the bench sets no OTEL_*): what its hooks cost a run, in the report.
+    assert _number(results["tracing"]["cost_off_ns"]), results.get("tracing")
     assert {row["met"] for row in results["targets"]} <= {True, False}
 
     summary = (out / "summary.md").read_text()
     assert "## P1 precision" in summary and "## Targets" in summary
+    assert "tracing off: " in summary
     assert (out / "kcron-vs-cron.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Nothing left behind: the bench's crontab block is gone.
     crontab = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)

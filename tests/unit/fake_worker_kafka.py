@@ -9,6 +9,7 @@ inside the poll that reaches them, as Kafka's callbacks do.
 from __future__ import annotations
 
 import signal
+import threading
 import uuid
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from kcron.message import RunMessage
 from kcron.settings import Settings
 from kcron.tracing import Tracer
 from kcron.worker import Worker
+from kcron.worker.courier import ThreadCourier
 from kcron.worker.port import ClientError, CommitResult, Listener, PartitionKey, Record
 from kcron.worker.runner import Done, Job, Started
 
@@ -58,6 +60,7 @@ class Produced:
     error: str | None = None
     delivered: bool = False
     headers: list[tuple[str, Any]] | None = None  # the trace context, with tracing on
+    thread: str = field(default_factory=lambda: threading.current_thread().name)
 
 
 class FakeKafka:
@@ -78,12 +81,16 @@ class FakeKafka:
         self.produced: list[Produced] = []  # retries and dead letters
         self.events: list[Produced] = []  # run events (<topic>.events), kept apart
         self.fail_delivery: set[str] = set()  # topics whose records the broker rejects
+        self.fail_produce: set[str] = set()  # topics whose produce() raises, as on a bug
         self.closed = False
         self.polls = 0
         self._actions: list[tuple[Callable[[], bool], Callable[[], None]]] = []
         self.listener: Listener | None = None
         self.subscribed: list[str] = []
         self.errors: list[ClientError] = []  # returned by the next polls, first
+        # Run events are produced on the worker's courier thread: a producer poll
+        # first waits for what it was given, so reports come in a fixed order.
+        self.courier: ThreadCourier | None = None
 
     # -- test setup ------------------------------------------------------------
     def add(
@@ -178,10 +185,14 @@ class FakeKafka:
         on_delivery: Callable[[str | None], None],
         headers: list[tuple[str, Any]] | None = None,
     ) -> None:
+        if topic in self.fail_produce:
+            raise RuntimeError("produce failed")
         kept = self.events if topic.endswith(".events") else self.produced
         kept.append(Produced(topic, key, value, on_delivery, headers=headers))
 
     def _deliver(self) -> None:
+        if self.courier is not None:
+            assert self.courier.drain(5.0), "the courier thread is stuck"
         for record in self.produced + self.events:
             if not record.delivered:
                 record.delivered = True
@@ -373,6 +384,7 @@ class Harness:
         options.update(settings)
         self.settings = Settings(**options)
         self.pool: FakePool | None = None
+        self.kafka.courier = ThreadCourier()  # the worker's real events thread
         self.worker = Worker(
             self.settings,
             clock=self.time.clock,
@@ -380,6 +392,7 @@ class Harness:
             pool=self._pool,
             monotonic=self.time.monotonic,
             tracer=tracer,
+            courier=self.kafka.courier,
         )
 
     def _pool(self, sink: Callable[[Done], None]) -> FakePool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -245,6 +246,36 @@ def test_an_event_not_delivered_leaves_the_run_uncommitted(caplog):
     h.kafka.at(3, h.signal)
     assert h.run() == 0
     assert h.kafka.committed == {}
+    assert any(
+        r.getMessage().startswith("run event not delivered; the run stays uncommitted")
+        for r in caplog.records
+    )
+
+
+def test_events_are_produced_off_the_loop_thread_and_retries_on_it():
+    # Run events were 42 % of the loop thread's work (docs/performance.md): the
+    # courier's thread builds and produces them; a retry stays on the loop.
+    h = Harness({"backup": Plan(seconds=1, outcome=Outcome.FAILED, exit_code=2)})
+    h.kafka.add(P0, a_run(max_attempts=3).encode())
+    h.kafka.at(0, lambda: h.kafka.assign([P0]))
+    h.kafka.when(lambda: len(h.kafka.events) >= 2, h.signal)
+    assert h.run() == 0
+    assert {e.thread for e in h.kafka.events} == {"kcron-events"}
+    [retry] = h.kafka.produced
+    assert retry.thread == threading.current_thread().name
+    assert h.kafka.committed == {P0: 1}
+
+
+def test_an_event_that_cannot_be_produced_leaves_the_run_uncommitted_and_counted(caplog):
+    caplog.set_level(logging.ERROR, logger="kcron")
+    h = Harness({"backup": Plan(seconds=1)})
+    h.kafka.fail_produce.add(EVENTS)
+    h.kafka.add(P0, a_run().encode())
+    h.kafka.at(0, lambda: h.kafka.assign([P0]))
+    h.kafka.at(3, h.signal)
+    assert h.run() == 0
+    assert h.kafka.committed == {}
+    assert h.counter("kcron_handoff_failures_total", topic=EVENTS) == 2  # started, finished
     assert any(
         r.getMessage().startswith("run event not delivered; the run stays uncommitted")
         for r in caplog.records
