@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from kcron.log import fields
-from kcron.settings import DEFAULT_GROUP, DEFAULT_TOPIC
+from kcron.settings import group_for
 
 log = logging.getLogger("kcron.metrics")
 
@@ -30,14 +30,6 @@ class GroupsPort(Protocol):
         """The group's committed offset per partition of ``topic`` (absent: none)."""
 
     def watermarks(self, topic: str) -> Watermarks: ...
-
-
-def group_for(queue: str, group: str | None = None) -> str:
-    """The workers' group of ``queue``, as Settings.consumer_group names it
-    (``group``: --group, when the deployment sets one)."""
-    if group:
-        return group
-    return DEFAULT_GROUP if queue == DEFAULT_TOPIC else f"{DEFAULT_GROUP}-{queue}"
 
 
 def lag(watermarks: Watermarks, committed: Mapping[int, int]) -> int:

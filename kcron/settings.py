@@ -38,6 +38,15 @@ DEFAULT_TOPIC = "kcron.jobs"
 DEFAULT_GROUP = "kcron"
 
 
+def group_for(queue: str, group: str | None = None) -> str:
+    """The workers' group of ``queue`` (``group``: --group, when the deployment
+    sets one): Settings.consumer_group, and the producer's view of each queue's
+    group for its metrics (kcron/lag.py)."""
+    if group:
+        return group
+    return DEFAULT_GROUP if queue == DEFAULT_TOPIC else f"{DEFAULT_GROUP}-{queue}"
+
+
 @dataclass(frozen=True)
 class Settings:
     # Kafka, common to every command
@@ -192,9 +201,7 @@ class Settings:
         pool does not pause another. The default topic keeps the group kcron
         always had, so existing deployments keep their committed offsets.
         """
-        if self.group:
-            return self.group
-        return DEFAULT_GROUP if self.topic == DEFAULT_TOPIC else f"{DEFAULT_GROUP}-{self.topic}"
+        return group_for(self.topic, self.group)
 
     @property
     def served_metrics_port(self) -> int | None:

@@ -18,10 +18,10 @@ from kcron import jobfile
 from kcron.cli import cli
 from kcron.executor import Outcome
 from kcron.jobtimes import JobTimes, schedule_key
-from kcron.lag import QueueReader, group_for, lag
+from kcron.lag import QueueReader, lag
 from kcron.metrics import ProducerMetrics, WorkerMetrics
 from kcron.producer import ProducerService
-from kcron.settings import Settings
+from kcron.settings import Settings, group_for
 from tests.unit.fake_worker_kafka import T0, TOPIC, Harness, Plan, a_run
 from tests.unit.producer_fakes import FakeElector, FakeHost, FakeKafka
 
